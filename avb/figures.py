@@ -1,0 +1,52 @@
+"""Pictures of a trained model: the latent space of the paper's Figure 3, and image grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from avb.evaluate import evaluating, posterior_samples  # noqa: E402
+from avb.train import Trainer  # noqa: E402
+
+
+def latent_figure(trainer: Trainer, x: Tensor, path: str | Path, n: int = 2000, title: str = "",
+                  seed: int = 0) -> Path:
+    """Samples of q(z|x) for up to 10 data points, one colour per point (first two latent dims)."""
+    g = torch.Generator(trainer.device).manual_seed(seed)
+    x = x[:10]
+    with evaluating(trainer):
+        z = posterior_samples(trainer, x, n, g).float().cpu()  # [B, n, D]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for i in range(len(x)):
+        ax.scatter(z[i, :, 0], z[i, :, 1], s=1.5, alpha=0.4, label=f"x{i + 1}", rasterized=True)
+    lim = max(3.5, float(z[..., :2].abs().quantile(0.995)))
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="$z_1$", ylabel="$z_2$", aspect="equal", title=title)
+    ax.legend(markerscale=6, fontsize=7, loc="upper right")
+    return _save(fig, path)
+
+
+def image_grid(images: Tensor, path: str | Path, nrow: int = 8, title: str = "") -> Path:
+    """A grid of images [N, C, H, W] with values in [0, 1]."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.float().clamp(0, 1).cpu(), nrow=nrow, padding=1, pad_value=1.0)
+    fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[1] / grid.shape[2]))
+    ax.imshow(grid.permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

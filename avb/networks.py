@@ -1,0 +1,175 @@
+"""Fully connected networks of the paper's synthetic experiment (section 4).
+
+Three encoders, one decoder, one adversary. Every encoder maps `(x, eps)` to an
+`EncoderOutput`; `mean`/`std` are the moments of q(z|x) where they are known
+(needed by the VAE's analytic KL and by Adaptive Contrast), otherwise None.
+
+Convolutional versions for images live in `avb.conv`; `build_models` picks the
+family named by `Config.arch`, the training step does not care which.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avb.config import Config
+
+
+@dataclass
+class EncoderOutput:
+    z: Tensor  # [B, D] sample of q(z|x)
+    mean: Tensor | None = None  # [B, D] E[z|x] when known
+    std: Tensor | None = None  # [B, D] sqrt(Var[z|x]) when known
+
+
+def mlp(sizes: list[int], slope: float = 0.2, last_scale: float = 1.0) -> nn.Sequential:
+    """Linear layers with leaky ReLU between them; the last layer scaled by `last_scale`."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.LeakyReLU(slope))
+    with torch.no_grad():
+        layers[-1].weight.mul_(last_scale)
+        layers[-1].bias.zero_()
+    return nn.Sequential(*layers)
+
+
+class BlackBoxEncoder(nn.Module):
+    """z = f(x, eps): noise concatenated to the input (paper section 4)."""
+
+    def __init__(self, x_dim: int, cfg: Config):
+        super().__init__()
+        self.noise_size = cfg.noise_dim
+        self.net = mlp([x_dim + cfg.noise_dim] + [cfg.hidden] * cfg.depth + [cfg.latent_dim])
+
+    def forward(self, x: Tensor, eps: Tensor) -> EncoderOutput:
+        return EncoderOutput(self.net(torch.cat([x.flatten(1), eps], dim=1)))
+
+
+class BasisEncoder(nn.Module):
+    """z = z0(x) + sum_i a_i(x) * v_i(eps_i), a_i > 0 (method notes, section 2).
+
+    Since v_i sees only noise, its moments are estimated over the batch, which
+    gives the moments of q(z|x) that Adaptive Contrast needs.
+    """
+
+    def __init__(self, x_dim: int, cfg: Config):
+        super().__init__()
+        self.k, self.d, self.noise_dim = cfg.basis_size, cfg.latent_dim, cfg.noise_dim
+        self.noise_size = cfg.basis_size * cfg.noise_dim
+        self.trunk = mlp([x_dim] + [cfg.hidden] * cfg.depth + [cfg.latent_dim * (1 + cfg.basis_size)])
+        self.basis = nn.ModuleList(
+            mlp([cfg.noise_dim, cfg.hidden // 4 or 1, cfg.hidden // 4 or 1, cfg.latent_dim]) for _ in range(self.k))
+
+    def forward(self, x: Tensor, eps: Tensor) -> EncoderOutput:
+        h = self.trunk(x.flatten(1))
+        z0, a = h[:, : self.d], F.softplus(h[:, self.d:]).view(-1, self.k, self.d)  # a: [B, K, D]
+        eps = eps.view(-1, self.k, self.noise_dim)
+        v = torch.stack([net(eps[:, i]) for i, net in enumerate(self.basis)], dim=1)  # [B, K, D]
+        v_mean, v_var = v.mean(0), v.var(0)  # [K, D], over the batch: v does not depend on x
+        z = z0 + (a * v).sum(1)
+        mean = z0 + (a * v_mean).sum(1)
+        std = ((a**2 * v_var).sum(1) + 1e-8).sqrt()
+        return EncoderOutput(z, mean, std)
+
+
+class GaussianEncoder(nn.Module):
+    """Diagonal Gaussian q(z|x) = N(mu(x), sigma(x)^2), sampled by reparameterisation."""
+
+    def __init__(self, x_dim: int, cfg: Config):
+        super().__init__()
+        self.noise_size = cfg.latent_dim
+        self.net = mlp([x_dim] + [cfg.hidden] * cfg.depth + [2 * cfg.latent_dim])
+
+    def forward(self, x: Tensor, eps: Tensor) -> EncoderOutput:
+        mean, log_std = self.net(x.flatten(1)).chunk(2, dim=1)
+        std = log_std.exp()
+        return EncoderOutput(mean + std * eps, mean, std)
+
+
+class Decoder(nn.Module):
+    """p(x|z): independent Bernoulli pixels (logits) or Gaussians with a learned per-pixel scale."""
+
+    def __init__(self, x_shape: tuple[int, ...], net: nn.Module, likelihood: str):
+        super().__init__()
+        self.x_shape, self.net, self.likelihood = tuple(x_shape), net, likelihood
+        if likelihood == "gaussian":
+            self.log_scale = nn.Parameter(torch.zeros(self.x_shape))
+
+    def params(self, z: Tensor) -> Tensor:
+        return self.net(z).view(-1, *self.x_shape)
+
+    def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z), summed over pixels: [B]."""
+        out = self.params(z).float()
+        if self.likelihood == "bernoulli":
+            return -F.binary_cross_entropy_with_logits(out, x, reduction="none").flatten(1).sum(1)
+        scale = self.log_scale.float()
+        nll = 0.5 * ((x - out) / scale.exp()) ** 2 + scale + 0.5 * math.log(2 * math.pi)
+        return -nll.flatten(1).sum(1)
+
+    def mean(self, z: Tensor) -> Tensor:
+        out = self.params(z)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+
+class Adversary(nn.Module):
+    """T(x, z) = <a(x), b(z)> + t_x(x) + t_z(z) + 0.5 ||z||^2 (method notes, section 1).
+
+    With the prior term, T only has to learn log q(z|x) (up to a constant), since
+    0.5||z||^2 = -log p(z) + const. `a` and `t_x` share one network (its last
+    layer has inner+1 outputs), as do `b` and `t_z`. With `use_x=False` it is the
+    adversarial autoencoder's T(z) (paper section 5.2).
+    """
+
+    def __init__(self, x_net: nn.Module | None, z_net: nn.Module, inner: int, prior_term: bool):
+        super().__init__()
+        self.x_net, self.z_net, self.inner, self.prior_term = x_net, z_net, inner, prior_term
+
+    def forward(self, x: Tensor, *zs: Tensor) -> tuple[Tensor, ...]:
+        """T(x, z) for each batch of codes in `zs`, each [B, D]; the x-branch runs once."""
+        hz = self.z_net(torch.cat(zs, dim=0)).float()  # [len(zs) * B, inner + 1]
+        t = hz[:, -1]
+        if self.x_net is not None:
+            hx = self.x_net(x).float().repeat(len(zs), 1)  # [len(zs) * B, inner + 1]
+            t = t + (hx[:, :-1] * hz[:, :-1]).sum(1) + hx[:, -1]
+        if self.prior_term:
+            t = t + 0.5 * torch.cat(zs, dim=0).float().pow(2).sum(1)
+        return t.chunk(len(zs))
+
+
+class Models(nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: Decoder, adversary: Adversary | None):
+        super().__init__()
+        self.encoder, self.decoder, self.adversary = encoder, decoder, adversary
+
+
+ENCODERS = {"blackbox": BlackBoxEncoder, "basis": BasisEncoder, "gaussian": GaussianEncoder}
+
+
+def build_mlp_models(cfg: Config, x_shape: tuple[int, ...]) -> Models:
+    x_dim = math.prod(x_shape)
+    encoder = ENCODERS[cfg.encoder](x_dim, cfg)
+    decoder = Decoder(x_shape, mlp([cfg.latent_dim] + [cfg.hidden] * cfg.depth + [x_dim]), cfg.likelihood)
+    adversary = None
+    if cfg.objective == "avb":
+        adv = [cfg.adv_hidden] * cfg.adv_depth + [cfg.adv_inner + 1]
+        x_net = nn.Sequential(nn.Flatten(), mlp([x_dim] + adv, last_scale=0.01))
+        z_net = mlp([cfg.latent_dim] + adv, last_scale=0.01)  # last layers start near zero
+        adversary = Adversary(x_net if cfg.adversary_input == "xz" else None, z_net, cfg.adv_inner, cfg.adv_prior_term)
+    return Models(encoder, decoder, adversary)
+
+
+def build_models(cfg: Config, x_shape: tuple[int, ...]) -> Models:
+    """The networks named by `cfg.arch` for data of shape `x_shape` (one example)."""
+    if cfg.arch == "mlp":
+        return build_mlp_models(cfg, x_shape)
+    from avb import conv  # image networks; imported only when asked for
+
+    return conv.BUILDERS[cfg.arch](cfg, x_shape)
