@@ -59,11 +59,13 @@ class BasisEncoder(nn.Module):
     gives the moments of q(z|x) that Adaptive Contrast needs.
     """
 
-    def __init__(self, x_dim: int, cfg: Config):
+    def __init__(self, x_dim: int, cfg: Config, trunk: nn.Module | None = None):
         super().__init__()
         self.k, self.d, self.noise_dim = cfg.basis_size, cfg.latent_dim, cfg.noise_dim
         self.noise_size = cfg.basis_size * cfg.noise_dim
-        self.trunk = mlp([x_dim] + [cfg.hidden] * cfg.depth + [cfg.latent_dim * (1 + cfg.basis_size)])
+        # trunk: flattened x [B, x_dim] -> [B, D * (1 + K)]; avb.conv passes a convolutional one
+        self.trunk = trunk if trunk is not None else mlp([x_dim] + [cfg.hidden] * cfg.depth
+                                                         + [cfg.latent_dim * (1 + cfg.basis_size)])
         self.basis = nn.ModuleList(
             mlp([cfg.noise_dim, cfg.hidden // 4 or 1, cfg.hidden // 4 or 1, cfg.latent_dim]) for _ in range(self.k))
 
@@ -82,10 +84,11 @@ class BasisEncoder(nn.Module):
 class GaussianEncoder(nn.Module):
     """Diagonal Gaussian q(z|x) = N(mu(x), sigma(x)^2), sampled by reparameterisation."""
 
-    def __init__(self, x_dim: int, cfg: Config):
+    def __init__(self, x_dim: int, cfg: Config, net: nn.Module | None = None):
         super().__init__()
         self.noise_size = cfg.latent_dim
-        self.net = mlp([x_dim] + [cfg.hidden] * cfg.depth + [2 * cfg.latent_dim])
+        # net: flattened x [B, x_dim] -> [B, 2D]; avb.conv passes a convolutional one
+        self.net = net if net is not None else mlp([x_dim] + [cfg.hidden] * cfg.depth + [2 * cfg.latent_dim])
 
     def forward(self, x: Tensor, eps: Tensor) -> EncoderOutput:
         mean, log_std = self.net(x.flatten(1)).chunk(2, dim=1)
