@@ -12,6 +12,8 @@
   adversary's KL) for AVB.
 - kl_qz_pz: KL(q(z) || p(z)) of the aggregated posterior, by a k-nearest-neighbour
   estimator (Wang, Kulkarni and Verdu 2009), as the paper's Table 1 did.
+- ais_log_likelihood: log p(x) by annealed importance sampling (avb.ais), as the
+  final paper reports MNIST (method notes, section 3); not part of `evaluate`.
 
 Every function draws from its own seeded generator, so evaluating never
 changes a training run's random stream.
@@ -26,6 +28,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from avb import ais
 from avb import objectives as obj
 from avb.train import Trainer
 
@@ -139,3 +142,40 @@ def evaluate(trainer: Trainer, x: Tensor, num_samples: int, seed: int = 1234) ->
         "elbo": elbo,
         "kl_qz_pz": kl_aggregate(trainer, x, 10000, g),
     }
+
+
+def ais_start(trainer: Trainer, x: Tensor, g: torch.Generator, n: int = 64) -> tuple[Tensor, Tensor]:
+    """Moments of AIS's starting Gaussian q0 per row of x (method notes, section 3): ([B, D], [B, D]).
+
+    With Adaptive Contrast, r(z|x): the encoder's mean and std, computed on n copies
+    of each x so that a basis encoder's batch moments of v_i come from B * n noise
+    draws. Without, the prior N(0, I).
+    """
+    d = trainer.cfg.latent_dim
+    if not trainer.cfg.adaptive_contrast:
+        return torch.zeros(len(x), d, device=x.device), torch.ones(len(x), d, device=x.device)
+    q = trainer.encode(x.repeat_interleave(n, dim=0), g)
+    return q.mean.float().view(len(x), n, d)[:, 0], q.std.float().view(len(x), n, d)[:, 0]
+
+
+def ais_log_likelihood(trainer: Trainer, x: Tensor, num_temps: int = 1000, num_chains: int = 8,
+                       leapfrog_steps: int = 10, step_size: float = 0.05, schedule: str = "linear",
+                       chunk: int = 256, seed: int = 1234) -> tuple[float, float]:
+    """AIS estimate of log p(x): mean over the rows of x and its standard error (nats).
+
+    Defaults as the official MNIST scripts: 1000 temperatures, 8 chains, one HMC
+    transition of 10 leapfrog steps per temperature, step size adapted towards
+    0.65 acceptance. x is processed `chunk` rows at a time (chunk * num_chains chains).
+    """
+    g = torch.Generator(trainer.device).manual_seed(seed)
+    log_px, se = [], []
+    with evaluating(trainer):
+        for xc in x.split(chunk):
+            mean, std = ais_start(trainer, xc, g)
+            est, err = ais.ais_log_likelihood(trainer.models.decoder.log_prob, xc, mean, std, num_temps=num_temps,
+                                              num_chains=num_chains, leapfrog_steps=leapfrog_steps,
+                                              step_size=step_size, schedule=schedule, generator=g)
+            log_px.append(est)
+            se.append(err)
+    log_px, se = torch.cat(log_px), torch.cat(se)
+    return log_px.mean().item(), (se.pow(2).sum().sqrt() / len(x)).item()

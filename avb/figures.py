@@ -1,4 +1,8 @@
-"""Pictures of a trained model: the latent space of the paper's Figure 3, and image grids."""
+"""Pictures of a trained model: the latent space of the paper's Figure 3, and image grids.
+
+Image models (avb.conv): samples (Figures 4, 5), reconstructions and latent
+interpolations (Figure 6), each a grid drawn by `image_grid`.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +45,43 @@ def image_grid(images: Tensor, path: str | Path, nrow: int = 8, title: str = "")
     ax.set_axis_off()
     ax.set_title(title)
     return _save(fig, path)
+
+
+def samples_figure(trainer: Trainer, path: str | Path, n: int = 64, nrow: int = 8, title: str = "",
+                   seed: int = 0) -> Path:
+    """Decoder means E[x|z] for n codes z ~ p(z) (paper Figures 4 and 5)."""
+    g = torch.Generator(trainer.device).manual_seed(seed)
+    with evaluating(trainer):
+        x = trainer.models.decoder.mean(trainer.prior(n, g))  # [n, C, H, W]
+    return image_grid(x, path, nrow, title)
+
+
+def reconstructions_figure(trainer: Trainer, x: Tensor, path: str | Path, nrow: int = 8, title: str = "",
+                           seed: int = 0) -> Path:
+    """Rows of data points, each followed by a row of their reconstructions E[x|z], z ~ q(z|x) (Figure 6)."""
+    nrow = min(nrow, len(x))
+    x = x[: len(x) // nrow * nrow].float()
+    g = torch.Generator(trainer.device).manual_seed(seed)
+    with evaluating(trainer):
+        rec = trainer.models.decoder.mean(trainer.encode(x, g).z).float()  # [B, C, H, W]
+    rows = torch.stack([x, rec]).view(2, -1, nrow, *x.shape[1:]).transpose(0, 1)  # [B / nrow, 2, nrow, C, H, W]
+    return image_grid(rows.flatten(0, 2), path, nrow, title)
+
+
+def interpolation_figure(trainer: Trainer, x: Tensor, path: str | Path, steps: int = 8, title: str = "",
+                         seed: int = 0) -> Path:
+    """One row per pair (x[2i], x[2i+1]): decoded codes on the line between their codes (Figure 6).
+
+    Codes are the encoder's mean when known, otherwise one sample of q(z|x).
+    """
+    g = torch.Generator(trainer.device).manual_seed(seed)
+    with evaluating(trainer):
+        q = trainer.encode(x[: len(x) // 2 * 2], g)
+        z = (q.mean if q.mean is not None else q.z).view(-1, 2, q.z.shape[1])  # [P, 2, D]
+        w = torch.linspace(0, 1, steps, device=z.device).view(1, steps, 1)
+        path_z = (1 - w) * z[:, :1] + w * z[:, 1:]  # [P, steps, D]
+        images = trainer.models.decoder.mean(path_z.flatten(0, 1))  # [P * steps, C, H, W]
+    return image_grid(images, path, steps, title)
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:

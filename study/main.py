@@ -119,6 +119,7 @@ def code_version() -> str:
 def resolve_paths(args: argparse.Namespace) -> None:
     """Absolute defaults under --results-dir (Tune runs trials in their own folders)."""
     results = Path(args.results_dir).expanduser().resolve()
+    results.mkdir(parents=True, exist_ok=True)
     args.results_dir = str(results)
     args.tracking_uri = args.tracking_uri or f"sqlite:///{results / 'mlflow.db'}"
     args.optuna_storage = args.optuna_storage or f"sqlite:///{results / 'optuna.db'}"
