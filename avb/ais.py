@@ -3,9 +3,10 @@
 As the AVB authors evaluate MNIST (method notes, section 3; Neal 2001, Wu et al. 2017): a
 geometric path from a diagonal Gaussian q0(z|x) (r(z|x) with adaptive contrast, N(0, I)
 without) to the unnormalised posterior p(x|z) p(z), one HMC transition per intermediate
-temperature with a per-chain step size adapted towards a target acceptance rate, and the
-estimate log p(x) ~= logsumexp_chains(log w) - log(num_chains). All chains of all examples run
-as one batch on x's device; the temperature loop never synchronises with the host.
+temperature (none is needed at b = 0, where z ~ q0 exactly, nor at b = 1) with a per-chain step
+size adapted towards a target acceptance rate, and log p(x) ~= logsumexp_chains(log w) -
+log(num_chains). All chains of all examples run as one batch on x's device; the temperature
+loop never synchronises with the host.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ _ACCEPT_DECAY = 0.9  # moving-average decay of each chain's acceptance rate
 _SIGMOID_DELTA = 4.0  # sigmoid schedule: sigmoid(linspace(-delta, delta)), Grosse et al. 2015
 
 
-def _validate(x, q0_mean, q0_std, num_temps, num_chains, leapfrog_steps, step_size, target_accept, schedule):
+def _validate(x, q0_mean, q0_std, num_temps, num_chains, leapfrog_steps, step_size, target_accept, schedule,
+              generator):
     if num_temps < 2:
         raise ValueError(f"num_temps={num_temps} must be >= 2")
     if num_chains < 1:
@@ -40,6 +42,10 @@ def _validate(x, q0_mean, q0_std, num_temps, num_chains, leapfrog_steps, step_si
                          f"got {tuple(q0_mean.shape)}")
     if q0_std.shape != q0_mean.shape:
         raise ValueError(f"q0_std shape {tuple(q0_std.shape)} must equal q0_mean shape {tuple(q0_mean.shape)}")
+    if q0_mean.device != x.device or q0_std.device != x.device:
+        raise ValueError(f"q0_mean ({q0_mean.device}) and q0_std ({q0_std.device}) must be on x's device ({x.device})")
+    if generator is not None and generator.device.type != x.device.type:
+        raise ValueError(f"generator is on {generator.device}, but x is on {x.device}")
 
 
 def _betas(num_temps: int, schedule: str, like: Tensor) -> Tensor:
@@ -51,8 +57,11 @@ def _betas(num_temps: int, schedule: str, like: Tensor) -> Tensor:
     return b.to(device=like.device, dtype=like.dtype)
 
 
-def _log_parts(log_likelihood, x, z, mean, std):
-    """log q0(z), log p(x|z) + log p(z), and their gradients wrt z (only log p(x|z) needs autograd)."""
+def _log_parts(log_likelihood, x, z, mean, std, log_norm_q):
+    """log q0(z), log p(x|z) + log p(z), and their gradients wrt z (only log p(x|z) needs autograd).
+
+    log_norm_q = -sum(log std) - D/2 log(2 pi) is q0's log normaliser, computed once per run.
+    """
     with torch.enable_grad():
         z_ = z.detach().requires_grad_(True)
         ll = log_likelihood(x, z_)
@@ -60,8 +69,8 @@ def _log_parts(log_likelihood, x, z, mean, std):
             raise ValueError(f"log_likelihood must return shape [{z.shape[0]}], got {tuple(ll.shape)}")
         (g_ll,) = torch.autograd.grad(ll.sum(), z_)
     u = (z - mean) / std
-    log_q = -0.5 * (u.pow(2) + _LOG_2PI).sum(1) - std.log().sum(1)
-    log_joint = ll.detach() - 0.5 * (z.pow(2) + _LOG_2PI).sum(1)
+    log_q = log_norm_q - 0.5 * u.pow(2).sum(1)
+    log_joint = ll.detach() - 0.5 * z.pow(2).sum(1) - 0.5 * z.shape[1] * _LOG_2PI
     return log_q, log_joint, -u / std, g_ll - z
 
 
@@ -117,26 +126,30 @@ def ais_log_likelihood(
     diagonal Gaussian N(q0_mean, q0_std^2) per example. The generator (if given) must live on
     x's device. std_error is the spread of the normalised weights across chains (see _estimate).
     """
-    _validate(x, q0_mean, q0_std, num_temps, num_chains, leapfrog_steps, step_size, target_accept, schedule)
+    _validate(x, q0_mean, q0_std, num_temps, num_chains, leapfrog_steps, step_size, target_accept, schedule,
+              generator)
     b, d = q0_mean.shape
     # Replicate every example num_chains times: row c * B + i is chain c of example i.
     x_rep = x.repeat(num_chains, *([1] * (x.dim() - 1)))
     mean, std = q0_mean.repeat(num_chains, 1), q0_std.repeat(num_chains, 1)
     z = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    log_norm_q = -std.log().sum(1) - 0.5 * d * _LOG_2PI
 
     def parts_fn(zz):
-        return _log_parts(log_likelihood, x_rep, zz, mean, std)
+        return _log_parts(log_likelihood, x_rep, zz, mean, std, log_norm_q)
 
     parts = parts_fn(z)
     betas = _betas(num_temps, schedule, mean)
     eps = torch.full((b * num_chains, 1), step_size, device=mean.device, dtype=mean.dtype)
     accept_rate = torch.full((b * num_chains, 1), target_accept, device=mean.device, dtype=mean.dtype)
     log_w = torch.zeros(b * num_chains, device=mean.device, dtype=mean.dtype)
-    for t in range(1, num_temps):
+    for t in range(1, num_temps):  # log w += (b_t - b_{t-1}) log(p(x, z) / q0(z)), z ~ f_{t-1}
         log_w += (betas[t] - betas[t - 1]) * (parts[1] - parts[0])
         if t == num_temps - 1:
             break  # a transition at b = 1 would not change the weights
+        # One HMC transition leaving f_t invariant, then adapt each chain's step size towards
+        # target_accept (method notes, section 3).
         z, parts, acc = _hmc(parts_fn, z, parts, betas[t], eps, leapfrog_steps, generator)
         accept_rate = _ACCEPT_DECAY * accept_rate + (1 - _ACCEPT_DECAY) * acc.unsqueeze(1).to(eps.dtype)
-        eps = (eps * torch.where(accept_rate > target_accept, 1.02, 0.98)).clamp(_STEP_MIN, _STEP_MAX)
+        eps = torch.where(accept_rate > target_accept, eps * 1.02, eps * 0.98).clamp(_STEP_MIN, _STEP_MAX)
     return _estimate(log_w.view(num_chains, b))

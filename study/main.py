@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- checks
+def parse_value(raw: str):
+    """'64' -> 64, '1e-3' -> 0.001, 'true'/'True' -> True; anything else stays a string."""
+    try:
+        return json.loads(raw.lower() if raw in ("True", "False") else raw)
+    except json.JSONDecodeError:
+        return raw
+
+
 def parse_overrides(items: list[str]) -> dict:
     from avb.config import Config, ConfigError
 
@@ -65,7 +73,7 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep:
             raise StudyError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set hidden=64")
-        values[key] = json.loads(raw) if raw not in ("", "None") and raw[0] in "0123456789-[{tf" else raw
+        values[key] = parse_value(raw)
     try:
         Config.from_dict({**Config().to_dict(), **values})
     except ConfigError as err:

@@ -11,6 +11,15 @@ from avb.ais import ais_log_likelihood
 DT = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The tensors here are tiny; intra-op threads only add overhead (badly so on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --- Linear-Gaussian model: p(x|z) = N(Wz + c, s^2 I), p(z) = N(0, I), p(x) = N(c, WW^T + s^2 I).
 
 def _linear_gaussian(seed=0, d=2, n=5, s=1.0):
@@ -109,8 +118,23 @@ def test_more_temperatures_tighten_and_few_temperatures_lower_bound():
                                         generator=torch.Generator().manual_seed(seed))
             diffs.append(est - exact)
         errors[temps] = torch.stack(diffs)
-    assert errors[300].abs().mean() < errors[5].abs().mean()
+    assert errors[300].abs().mean() < 0.5 * errors[5].abs().mean()
     assert errors[5].mean() <= 0.02  # AIS under-estimates log p(x) in expectation
+
+
+def test_float32_and_image_shaped_x():
+    """dtype follows q0; x may have any trailing shape (here [B, 2, 2] images)."""
+    log_lik64, marginal, w, s = _linear_gaussian()
+    x = _sample(marginal, 4, seed=1, scale=0.5)
+    w32, c32 = w.float(), marginal.loc.float()
+
+    def log_lik(x, z):  # x: [N, 5, 1]
+        return (-0.5 * (x.flatten(1) - z @ w32.T - c32) ** 2 - 0.5 * math.log(2 * math.pi)).sum(1)
+
+    est, se = ais_log_likelihood(log_lik, x.float().unsqueeze(-1), torch.zeros(4, 2), torch.ones(4, 2),
+                                 num_temps=300, num_chains=512, generator=torch.Generator().manual_seed(0))
+    assert est.dtype == se.dtype == torch.float32 and not est.requires_grad
+    assert (est.double() - marginal.log_prob(x)).abs().max() < 0.05
 
 
 def test_deterministic_given_generator():

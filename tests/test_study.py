@@ -152,3 +152,25 @@ def test_bad_input_fails_before_any_trial(tmp_path, args, message):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: ") and message in out.stderr, out.stderr[-2000:]
     assert not (tmp_path / "results" / "ray").exists()  # no trial started
+
+
+def test_diverged_trials_are_marked_and_the_study_goes_on(tmp_path):
+    results = tmp_path / "results"
+    out = run_study(["--results-dir", str(results), "--study-name", "blowup", "--num-trials", "2",
+                     "--scheduler", "none", *FAST, "--set", "lr=1e8", "--set", "adv_lr=1e8",
+                     "--set", "adversary_loss=kl"], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "2 diverged" in out.stdout
+    _, runs = trial_runs(f"sqlite:///{results / 'mlflow.db'}", "blowup")
+    assert len(runs) == 2
+    assert all(r.info.status == "FAILED" and r.data.tags["diverged"] == "true" for r in runs)
+    study = optuna.load_study(study_name="blowup", storage=f"sqlite:///{results / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+
+
+def test_a_trial_that_raises_is_listed_and_fails_the_study(tmp_path):
+    out = run_study(["--results-dir", str(tmp_path / "results"), "--study-name", "broken", "--num-trials", "1",
+                     "--scheduler", "none", "--max-failures", "0", *FAST,
+                     "--set", "dataset=folder", "--set", f"data_root={tmp_path / 'no-such-folder'}"], cwd=tmp_path)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "1 errored" in out.stdout and "ERROR in trial" in out.stdout
