@@ -20,7 +20,7 @@ from avb import checkpoint
 from avb.config import Config, ConfigError
 from avb.data import DataError, load_dataset
 from avb.evaluate import evaluate
-from avb.figures import latent_figure
+from avb.figures import save_pictures
 from avb.train import DivergedError, Trainer, resolve_device
 
 HELP = {
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = evaluate(trainer, data.eval_batch(cfg.eval_points), cfg.eval_samples)
     checkpoint.save(trainer, out / checkpoint.FILENAME, metrics=metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    latent_figure(trainer, data.eval_batch(10), out / "latent.png", title=cfg.objective)
+    pictures = save_pictures(trainer, data.eval_batch(min(cfg.eval_points, 32)), out, title=cfg.objective)
     print(json.dumps(metrics, indent=2))
-    print(f"wrote {out}/trainer.pt, metrics.json, latent.png")
+    print(f"wrote {out}/trainer.pt, metrics.json, " + ", ".join(p.name for p in pictures))
     return 0
 
 

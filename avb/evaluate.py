@@ -134,7 +134,8 @@ def evaluate(trainer: Trainer, x: Tensor, num_samples: int, seed: int = 1234) ->
     """All metrics of EVAL_METRICS on the data points x (already on the device)."""
     g = torch.Generator(trainer.device).manual_seed(seed)
     log_px, se = log_likelihood(trainer, x, num_samples, g)
-    rec, elbo = reconstruction_and_elbo(trainer, x, max(1, 4096 // len(x)), g)
+    # reconstruction error is heavy-tailed (rare codes in another point's region): use many samples
+    rec, elbo = reconstruction_and_elbo(trainer, x, max(1, min(num_samples // 8, ROWS_PER_CHUNK // len(x))), g)
     return {
         "log_likelihood": log_px.mean().item(),
         "log_likelihood_se": (se.pow(2).sum().sqrt() / len(x)).item(),

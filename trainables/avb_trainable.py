@@ -27,7 +27,7 @@ from avb import checkpoint
 from avb.config import Config
 from avb.data import load_dataset
 from avb.evaluate import evaluate
-from avb.figures import latent_figure
+from avb.figures import save_pictures
 from avb.train import DivergedError, Trainer
 from search_spaces import load_preset
 
@@ -89,11 +89,11 @@ class AVBTrainable(tune.Trainable):
         return run.info.run_id
 
     def _log_best(self, metrics: dict) -> None:
-        """The trial's best checkpoint and its latent-space picture, as MLflow artifacts under best/."""
+        """The trial's best checkpoint and its pictures (latent space; samples for images), under best/ in MLflow."""
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint.save(self.trainer, Path(tmp) / checkpoint.FILENAME, metrics=metrics)
-            latent_figure(self.trainer, self.eval_x, Path(tmp) / "latent.png",
-                          title=f"{self.trial_name} step {self.trainer.step_count}")
+            title = f"{self.trial_name} step {self.trainer.step_count}"
+            save_pictures(self.trainer, self.eval_x[:32], tmp, title=title)
             self.client.log_artifacts(self.run_id, tmp, artifact_path="best")
 
     # ------------------------------------------------------------------- Tune

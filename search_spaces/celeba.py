@@ -1,0 +1,36 @@
+"""CelebA 64x64 with residual encoder/decoder and a z-conditioned conv adversary (section 4).
+
+    python study/run.py --preset celeba --set data_root=/data --gpus-per-trial 1 --num-trials 16
+
+Needs the CelebA files under DATA_ROOT/celeba (see avb/images.py); they are
+never downloaded automatically. Values in [0, 1] with a Gaussian likelihood.
+"""
+
+from avb.config import Config
+
+BASE = Config(dataset="celeba", data_root="data", arch="resnet", likelihood="gaussian", latent_dim=64,
+              noise_dim=64, hidden=32, depth=1, adv_hidden=32, adv_depth=1, batch_size=64, lr=1e-4, adv_lr=1e-4,
+              eval_samples=200, eval_points=256)
+ITERATIONS = 20
+STEPS_PER_ITERATION = 2000
+
+BASELINES = [
+    {"adv_hidden": 32, "adv_depth": 1, "lr": 1e-4, "adv_lr": 1e-4, "adv_steps": 1, "beta1": 0.5,
+     "adaptive_contrast": True},
+]
+
+PAPER: dict = {}  # the paper shows CelebA samples only (Figure 6), no figures to compare
+FINAL_AIS = {"num_temps": 500, "num_chains": 4, "points": 64}
+
+
+def space(trial) -> dict | None:
+    """Define-by-run space (Optuna). `adv_inner` is unused by this adversary, so it is not searched."""
+    trial.suggest_int("adv_hidden", 16, 64, log=True)
+    trial.suggest_int("adv_depth", 1, 3)
+    trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+    trial.suggest_float("adv_lr", 1e-5, 1e-3, log=True)
+    trial.suggest_int("adv_steps", 1, 3)
+    trial.suggest_categorical("beta1", [0.0, 0.5, 0.9])
+    if trial.suggest_categorical("adaptive_contrast", [False, True]):
+        return {"encoder": "basis"}
+    return None
