@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import urllib.request
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -29,8 +30,9 @@ from avb.config import Config
 
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
 FINISHED = ("FINISHED", "FAILED", "KILLED")  # terminal MLflow run states (KILLED: stopped early by ASHA)
-HIGHER_IS_BETTER = ("log_likelihood", "elbo", "steps_per_s", "examples_per_s")  # others: lower
+HIGHER_IS_BETTER = ("log_likelihood", "ais_log_likelihood", "elbo", "steps_per_s", "examples_per_s")  # others: lower
 HISTORY_COLUMNS = ("run_id", "trial_id", "metric", "step", "value", "timestamp")
+NULLABLE = {int: "Int64", bool: "boolean"}  # pandas dtypes that hold a missing value without changing type
 CONFIG_TYPES = {f.name: {"str": str, "int": int, "float": float, "bool": bool}[f.type] for f in fields(Config)}
 
 
@@ -60,7 +62,14 @@ class StudyRuns:
 
 # ----------------------------------------------------------------------------- finding the study
 def resolve_uri(uri: str, what: str = "MLflow store", flag: str = "--tracking-uri") -> str:
-    """A relative sqlite:/// URI made absolute; a missing SQLite file is an error (reading must not create one)."""
+    """A relative sqlite:/// URI made absolute; a missing SQLite file or a server that does not answer is an error."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+                response.read()
+        except OSError as err:
+            raise AnalysisError(f"MLflow tracking server {uri} is unreachable ({err}); start it or fix {flag}") from err
+        return uri
     if not uri.startswith("sqlite:///"):
         return uri
     path = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
@@ -183,7 +192,7 @@ def trial_row(run: Run, history: pd.DataFrame, full_iterations: int) -> dict:
     tags = run.data.tags
     diverged = tags.get("diverged") == "true"
     fidelity = history.loc[history["metric"] == "fidelity"].sort_values("step")["value"]
-    iterations = int(history["step"].nunique())  # one evaluation per iteration, never logged twice
+    iterations = len(fidelity)  # logged once per iteration (a resumed trial never logs one twice)
     row = {"trial_id": tags.get("trial_id", ""), "run_id": run.info.run_id, "run_name": run.info.run_name,
            "status": run.info.status, "method": method_of(params), "iterations": iterations,
            "fidelity": float(fidelity.iloc[-1]) if len(fidelity) else 0.0,
@@ -206,11 +215,9 @@ def trials_frame(runs: StudyRuns, history: pd.DataFrame) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for col in ("start_time", "end_time"):
         df[col] = pd.to_datetime(df[col], unit="ms", utc=True)
-    for col in df.columns:  # a param missing in some run keeps its type (nullable) instead of becoming object
-        if df[col].isna().any() and df[col].dropna().map(type).eq(bool).all():
-            df[col] = df[col].astype("boolean")
-        elif df[col].isna().any() and df[col].dropna().map(type).eq(int).all():
-            df[col] = df[col].astype("Int64")
+    for col, kind in CONFIG_TYPES.items():  # a param missing in some run keeps its type (nullable)
+        if kind in NULLABLE and col in df and df[col].isna().any():
+            df[col] = df[col].astype(NULLABLE[kind])
     return df.sort_values("start_time", ignore_index=True)
 
 

@@ -85,7 +85,7 @@ def searched_params(trials: pd.DataFrame) -> list[str]:
 
 def best_trials_table(trials: pd.DataFrame, n: int = BEST_ROWS) -> pd.DataFrame:
     cols = ["trial_id", "method", "fate", "iterations", "final_log_likelihood", "final_log_likelihood_se",
-            "best_log_likelihood", *searched_params(trials)]
+            "best_log_likelihood", "final_ais_log_likelihood", *searched_params(trials)]
     table = ranked(trials).assign(fate=fate(trials)).head(n)
     return table[[c for c in cols if c in table.columns]].reset_index(drop=True)
 
@@ -101,7 +101,7 @@ def paper_table(trials: pd.DataFrame, paper: dict) -> pd.DataFrame:
 
 
 def cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
         return "—"
     if isinstance(value, (float, np.floating)):
         return f"{value:.4g}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=SCHEDULERS, default="asha", help="early stopping (default: asha)")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler and of every trial (default: 0)")
     p.add_argument("--results-dir", default="results", help="local folder for the embedded stores (default: results)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///RESULTS/mlflow.db)")
+    p.add_argument("--tracking-uri",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///RESULTS/mlflow.db)")
     p.add_argument("--optuna-storage", help="Optuna storage URL (default: sqlite:///RESULTS/optuna.db)")
     p.add_argument("--storage-path", help="Ray storage path, local or s3://... (default: RESULTS/ray)")
     p.add_argument("--study-name", help="unique study name (default: PRESET-DATE-TIME)")
@@ -135,7 +137,8 @@ def resolve_paths(args: argparse.Namespace) -> None:
     results = Path(args.results_dir).expanduser().resolve()
     results.mkdir(parents=True, exist_ok=True)
     args.results_dir = str(results)
-    args.tracking_uri = args.tracking_uri or f"sqlite:///{results / 'mlflow.db'}"
+    args.tracking_uri = (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                         or f"sqlite:///{results / 'mlflow.db'}")
     args.optuna_storage = args.optuna_storage or f"sqlite:///{results / 'optuna.db'}"
     if not args.storage_path:
         args.storage_path = str(results / "ray")
@@ -143,27 +146,43 @@ def resolve_paths(args: argparse.Namespace) -> None:
         args.storage_path = str(Path(args.storage_path).expanduser().resolve())
 
 
-def study_file(args: argparse.Namespace) -> Path:
-    return Path(args.results_dir) / "studies" / f"{args.study_name}.json"
+def study_file(args: argparse.Namespace) -> tuple:
+    """(pyarrow filesystem, path) of the study's settings, beside Tune's state (local or s3://)."""
+    from pyarrow import fs
+
+    filesystem, root = fs.FileSystem.from_uri(args.storage_path)
+    return filesystem, f"{root.rstrip('/')}/{args.study_name}/avb-study.json"
+
+
+def refuse_existing(args: argparse.Namespace) -> None:
+    from pyarrow import fs
+
+    filesystem, path = study_file(args)
+    if filesystem.get_file_info(path).type != fs.FileType.NotFound:
+        raise StudyError(f"a study named {args.study_name!r} exists already under {args.storage_path}; "
+                         "pick another --study-name or continue it with --resume")
 
 
 def save_or_load_study(args: argparse.Namespace) -> None:
     """A new study writes its settings; --resume reads them back, so every trial sees the same ones."""
-    path = study_file(args)
+    from pyarrow import fs
+
+    filesystem, path = study_file(args)
+    exists = filesystem.get_file_info(path).type == fs.FileType.File
     if args.resume:
-        if not path.exists():
-            raise StudyError(f"no study named {args.study_name!r} in {path.parent}; "
-                             f"check --study-name and --results-dir")
-        saved = json.loads(path.read_text())
+        if not exists:
+            raise StudyError(f"no study named {args.study_name!r} under {args.storage_path}; "
+                             f"check --study-name and --storage-path (or --results-dir)")
+        with filesystem.open_input_stream(path) as f:
+            saved = json.loads(f.read())
         for key in ("preset", "iterations", "steps_per_iteration", "scheduler", "seed", "tracking_uri", "final_ais",
-                    "ais_temps", "ais_points", "optuna_storage", "storage_path", "overrides", "num_trials"):
+                    "ais_temps", "ais_points", "optuna_storage", "overrides", "num_trials", "concurrency",
+                    "cpus_per_trial", "gpus_per_trial"):
             setattr(args, key, saved[key])
         return
-    if path.exists():
-        raise StudyError(f"a study named {args.study_name!r} exists already; pick another --study-name "
-                         f"or continue it with --resume")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(vars(args), indent=2))
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as f:
+        f.write(json.dumps(vars(args), indent=2).encode())
 
 
 def start_ray(args: argparse.Namespace) -> None:
@@ -172,6 +191,11 @@ def start_ray(args: argparse.Namespace) -> None:
 
     existing = canonicalize_bootstrap_address(args.address) is not None  # a running cluster (ray start / ray up)
     ray.init(address=args.address, log_to_driver=True, logging_level="WARNING")
+    args.trial_tracking_uri = args.tracking_uri
+    if existing:  # trials on other nodes reach a server on this node by its address, not by loopback
+        ip = ray.util.get_node_ip_address()
+        for loopback in ("//127.0.0.1:", "//localhost:"):
+            args.trial_tracking_uri = args.trial_tracking_uri.replace(loopback, f"//{ip}:")
     gpus = ray.cluster_resources().get("GPU", 0)
     if args.gpus_per_trial > 0 and gpus == 0:
         if not existing:
@@ -215,7 +239,7 @@ def make_trainable(args: argparse.Namespace, exp_id: str, parent_run_id: str):
     from trainables import AVBTrainable, TrialSettings
 
     settings = TrialSettings(preset=args.preset, iterations=args.iterations,
-                             steps_per_iteration=args.steps_per_iteration, tracking_uri=args.tracking_uri,
+                             steps_per_iteration=args.steps_per_iteration, tracking_uri=args.trial_tracking_uri,
                              experiment_id=exp_id, parent_run_id=parent_run_id, study_name=args.study_name,
                              code_version=code_version(), overrides=args.overrides)
     trainable = tune.with_parameters(AVBTrainable, settings=settings)
@@ -281,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             args.steps_per_iteration = args.steps_per_iteration or preset.STEPS_PER_ITERATION
         if args.resume:
             save_or_load_study(args)
+        else:
+            refuse_existing(args)
         check_tracking_uri(args.tracking_uri)
         start_ray(args)
         exp_id, parent_run_id = mlflow_parent_run(args)

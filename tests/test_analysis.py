@@ -29,7 +29,7 @@ def run_module(module: str, args: list[str], cwd) -> subprocess.CompletedProcess
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> dict:
-    """One small finished study, run once for the module; its stores lie in ROOT/results as by default."""
+    """One small finished study, run once for the module; its stores lie in TMP/results (the defaults, run from TMP)."""
     root = tmp_path_factory.mktemp("analysis")
     results = root / "results"
     out = run_study(["--results-dir", str(results), "--study-name", STUDY, "--num-trials", "4",
