@@ -32,6 +32,7 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.export import AnalysisError, StudyRuns, history_frame, open_study, resolve_uri, trials_frame  # noqa: E402
+from avb.figures import save_figure  # noqa: E402
 from search_spaces import load_preset  # noqa: E402
 
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
@@ -116,9 +117,11 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 # ----------------------------------------------------------------------------- importances
 def full_fidelity_study(storage: str, study: str) -> optuna.Study:
-    """An in-memory copy of the Optuna study holding only COMPLETE trials with user attr full_fidelity True.
+    """An in-memory copy of the Optuna study holding only COMPLETE AVB trials with user attr full_fidelity True.
 
     Optuna's evaluators read every COMPLETE trial and have no filter of their own.
+    VAE trials (the synthetic space's baseline branch) are left out: they have no
+    adversary parameters, and the evaluators only rank parameters every trial has.
     """
     storage = resolve_uri(storage, "Optuna storage", "--optuna-storage")
     try:
@@ -126,7 +129,7 @@ def full_fidelity_study(storage: str, study: str) -> optuna.Study:
     except KeyError as err:
         raise AnalysisError(f"Optuna storage {storage} has no study {study!r}; pass --optuna-storage") from err
     kept = [t for t in source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if t.user_attrs.get("full_fidelity") is True]
+            if t.user_attrs.get("full_fidelity") is True and t.params.get("objective", "avb") == "avb"]
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
     try:
@@ -145,8 +148,8 @@ def importances(storage: str, study: str) -> tuple[dict[str, dict[str, float]], 
         return {}, [str(err)]
     n = len(ff.trials)
     if n < 2:
-        return {}, [f"only {n} COMPLETE full-fidelity trial(s); importances need at least 2"]
-    result, notes = {}, [f"computed on {n} COMPLETE full-fidelity trials"]
+        return {}, [f"only {n} COMPLETE full-fidelity AVB trial(s); importances need at least 2"]
+    result, notes = {}, [f"computed on {n} COMPLETE full-fidelity AVB trials"]
     for name, make in EVALUATORS.items():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -164,15 +167,6 @@ def importance_table(imps: dict[str, dict[str, float]]) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- figures
-def save(fig: plt.Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def importance_figure(imps: dict[str, dict[str, float]], path: str | Path) -> Path:
     """Horizontal bars, one per parameter and evaluator."""
     table = importance_table(imps).iloc[::-1]
@@ -184,7 +178,7 @@ def importance_figure(imps: dict[str, dict[str, float]], path: str | Path) -> Pa
     ax.set(yticks=y, yticklabels=table["parameter"], xlabel="importance (normalised to sum 1)",
            title="hyperparameter importance (full-fidelity trials)")
     ax.legend()
-    return save(fig, path)
+    return save_figure(fig, path)
 
 
 def learning_curves_figure(trials: pd.DataFrame, history: pd.DataFrame, path: str | Path, top: int = TOP_CURVES,
@@ -201,7 +195,7 @@ def learning_curves_figure(trials: pd.DataFrame, history: pd.DataFrame, path: st
         ax.annotate(name, (0, value), xycoords=("axes fraction", "data"), fontsize=7, color="grey", va="bottom")
     ax.set(xlabel="training step", ylabel="log_likelihood (nats)", title=f"learning curves, top {top} trials")
     ax.legend(fontsize=7)
-    return save(fig, path)
+    return save_figure(fig, path)
 
 
 def log_x(ax: plt.Axes, values: pd.Series, most: int = 5) -> None:
@@ -251,7 +245,7 @@ def params_figure(trials: pd.DataFrame, params: list[str], path: str | Path,
     for ax in axes.flat[len(params):]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7)
-    return save(fig, path)
+    return save_figure(fig, path)
 
 
 def capacity_figure(trials: pd.DataFrame, path: str | Path) -> Path:
@@ -264,7 +258,7 @@ def capacity_figure(trials: pd.DataFrame, path: str | Path) -> Path:
     ax.set(xlabel="adversary hidden units per branch, adv_hidden × adv_depth (log)",
            ylabel="final log_likelihood", title="adversary capacity")
     ax.legend(fontsize=7)
-    return save(fig, path)
+    return save_figure(fig, path)
 
 
 def model_figures(runs: StudyRuns, best: pd.Series, out: Path) -> tuple[list[Path], list[str]]:

@@ -32,7 +32,7 @@ def latent_figure(trainer: Trainer, x: Tensor, path: str | Path, n: int = 2000, 
     lim = max(3.5, float(z[..., :2].abs().quantile(0.995)))
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="$z_1$", ylabel="$z_2$", aspect="equal", title=title)
     ax.legend(markerscale=6, fontsize=7, loc="upper right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def image_grid(images: Tensor, path: str | Path, nrow: int = 8, title: str = "") -> Path:
@@ -44,7 +44,7 @@ def image_grid(images: Tensor, path: str | Path, nrow: int = 8, title: str = "")
     ax.imshow(grid.permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1)
     ax.set_axis_off()
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def samples_figure(trainer: Trainer, path: str | Path, n: int = 64, nrow: int = 8, title: str = "",
@@ -96,7 +96,7 @@ def save_pictures(trainer: Trainer, x: Tensor, folder: str | Path, title: str = 
     return paths
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -13,7 +13,7 @@ def test_early_stopped_diverged_and_full_trials_get_their_own_states():
                                          sampler=optuna.samplers.TPESampler(seed=0), study_name="s",
                                          storage=storage, full_iterations=4)
     for trial_id in ("early", "full", "diverged", "crashed"):
-        assert "adv_hidden" in searcher.suggest(trial_id)
+        assert "lr" in searcher.suggest(trial_id)
         searcher.on_trial_result(trial_id, {"log_likelihood": -2.0, "training_iteration": 1})
     searcher.on_trial_complete("early", {"log_likelihood": -1.40, "training_iteration": 2})  # better, but low fidelity
     searcher.on_trial_complete("full", {"log_likelihood": -1.45, "training_iteration": 4})
