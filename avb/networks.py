@@ -110,6 +110,9 @@ class Decoder(nn.Module):
 
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x|z), summed over pixels: [B]."""
+        return self(x, z)
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:  # log p(x|z); `forward` so that torch.compile sees it
         out = self.params(z).float()
         if self.likelihood == "bernoulli":
             return -F.binary_cross_entropy_with_logits(out, x, reduction="none").flatten(1).sum(1)

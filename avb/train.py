@@ -110,7 +110,7 @@ class Trainer:
         with self._autocast:
             q = self.encode(x)
             kl, t_q, t_p = self.kl_and_scores(x, q)
-            log_px_z = self._decoder.log_prob(x, q.z)
+            log_px_z = self._decoder(x, q.z)  # log p(x|z_q)
 
         # --- encoder/decoder: maximise E[log p(x|z) - KL estimate] (eq. 3.9); T's weights get no gradient
         loss_primal = (-log_px_z + obj.kl_weight(self.step_count, cfg.kl_warmup_steps) * kl).mean()

@@ -24,6 +24,9 @@ from pathlib import Path
 from search_spaces import PRESETS, load_preset
 
 SCHEDULERS = ("asha", "none")
+RESUMED_SETTINGS = ("preset", "iterations", "steps_per_iteration", "scheduler", "seed", "tracking_uri", "final_ais",
+                    "ais_temps", "ais_points", "optuna_storage", "overrides", "num_trials", "concurrency",
+                    "keep_checkpoints", "cpus_per_trial", "gpus_per_trial")  # --resume takes these from the study
 METRIC, MODE = "log_likelihood", "max"
 
 
@@ -57,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image presets: AIS log-likelihood for this many best trials at the end; 0 = off (default: 3)")
     p.add_argument("--ais-temps", type=int, help="AIS temperatures for --final-ais (default: the preset's)")
     p.add_argument("--ais-points", type=int, help="test images for --final-ais (default: the preset's)")
+    p.add_argument("--keep-checkpoints", type=int, default=0,
+                   help="Tune checkpoints kept per trial; 0 = all (default: 0). A cap saves disk, but a driver killed "
+                        "right after Ray deleted an old checkpoint can leave a trial that cannot resume")
     p.add_argument("--max-failures", type=int, default=1,
                    help="retries of a crashed trial, e.g. lost node (default: 1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -100,6 +106,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise StudyError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     if args.cpus_per_trial <= 0:
         raise StudyError(f"--cpus-per-trial must be > 0 (trials always reserve CPUs), got {args.cpus_per_trial}")
+    if args.keep_checkpoints < 0:
+        raise StudyError(f"--keep-checkpoints must be >= 0 (0 keeps all), got {args.keep_checkpoints}")
     if args.gpus_per_trial < 0:
         raise StudyError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
     if args.resume and not args.study_name:
@@ -175,9 +183,7 @@ def save_or_load_study(args: argparse.Namespace) -> None:
                              f"check --study-name and --storage-path (or --results-dir)")
         with filesystem.open_input_stream(path) as f:
             saved = json.loads(f.read())
-        for key in ("preset", "iterations", "steps_per_iteration", "scheduler", "seed", "tracking_uri", "final_ais",
-                    "ais_temps", "ais_points", "optuna_storage", "overrides", "num_trials", "concurrency",
-                    "cpus_per_trial", "gpus_per_trial"):
+        for key in RESUMED_SETTINGS:
             setattr(args, key, saved[key])
         return
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -278,7 +284,8 @@ def run_config(args: argparse.Namespace, progress):
     return tune.RunConfig(
         name=args.study_name, storage_path=args.storage_path, callbacks=[progress], verbose=1,
         stop={"training_iteration": args.iterations},
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=1, checkpoint_at_end=True),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=args.keep_checkpoints or None, checkpoint_frequency=1,
+                                                checkpoint_at_end=True),
         failure_config=tune.FailureConfig(max_failures=args.max_failures))
 
 
@@ -289,6 +296,16 @@ def restore_tuner(args: argparse.Namespace, trainable):
     if not tune.Tuner.can_restore(path):
         raise StudyError(f"no Ray experiment state at {path}; the study never started or --storage-path differs")
     return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+
+
+def fail_orphaned_optuna_trials(args: argparse.Namespace) -> None:
+    """Once Tune is done no Optuna trial may stay RUNNING. One can: a trial asked for just before the
+    driver was killed, after the searcher's last saved state, is unknown to the resumed searcher."""
+    import optuna
+
+    study = optuna.load_study(study_name=args.study_name, storage=args.optuna_storage)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 # ----------------------------------------------------------------------------- main
@@ -322,5 +339,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"study {args.study_name}: {args.num_trials} trials of {args.preset}, {args.iterations} x "
           f"{args.steps_per_iteration} steps; Ray results in {args.storage_path}", flush=True)
     results = tuner.fit()
+    fail_orphaned_optuna_trials(args)
     return summarize(args, results, exp_id, parent_run_id)
 

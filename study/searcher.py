@@ -31,14 +31,27 @@ class FidelityAwareOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
         return config
 
+    def _finished_in_storage(self, trial_id: str) -> bool:
+        """True when Optuna already holds this trial's end: after a killed driver, the searcher state Tune
+        restores can be older than the storage, and Tune replays the trial's last iterations."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return False
+        return self._ot_study.get_trials(deepcopy=False)[ot_trial.number].state.is_finished()
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get("diverged") or not math.isfinite(result.get(self.metric, math.nan)):
             return  # nothing to report: the trial ends as FAIL
+        if self._finished_in_storage(trial_id):
+            return
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
+        if self._finished_in_storage(trial_id):
+            self._completed_trials.add(trial_id)
+            return
         ot_trial = self._ot_trials[trial_id]
         result = result or {}
         iterations = int(result.get("training_iteration", 0))

@@ -67,7 +67,8 @@ def test_study_on_a_three_node_cluster(tmp_path):
         cluster.shutdown()
 
 
-def test_interrupted_study_resumes_without_duplicates(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed-driver"])
+def test_interrupted_study_resumes_without_duplicates(tmp_path, stop):
     results = tmp_path / "results"
     args = ["--results-dir", str(results), "--study-name", "resumed", "--num-trials", "4", "--scheduler", "none",
             *FAST, "--concurrency", "1", "--iterations", "3"]
@@ -75,10 +76,10 @@ def test_interrupted_study_resumes_without_duplicates(tmp_path):
     proc = subprocess.Popen([sys.executable, str(script), *args], cwd=tmp_path, env=study_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
-    for line in proc.stdout:  # Ctrl-C once the first trial has finished
+    for line in proc.stdout:  # stop the driver once the first trial has finished
         seen.append(line)
         if line.startswith("[1/4]"):
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(stop)
             break
     proc.communicate(timeout=120)
     assert any(line.startswith("[1/4]") for line in seen), "".join(seen[-50:])
@@ -94,6 +95,7 @@ def test_interrupted_study_resumes_without_duplicates(tmp_path):
         assert steps == [20, 40, 60], steps  # every iteration logged exactly once
     study = optuna.load_study(study_name="resumed", storage=f"sqlite:///{results / 'optuna.db'}")
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 4
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
 def free_port() -> int:

@@ -71,6 +71,9 @@ class AVBTrainable(tune.Trainable):
         self.best = -math.inf
         self.client = mlflow.MlflowClient(settings.tracking_uri)
         self.run_id = self._find_or_create_run(config)
+        # a trial replayed after a killed driver must not log the same steps twice
+        history = self.client.get_metric_history(self.run_id, "log_likelihood")
+        self.logged_up_to = max((m.step for m in history), default=-1)
 
     # ------------------------------------------------------------------ MLflow
     def _find_or_create_run(self, params: dict) -> str:
@@ -113,8 +116,9 @@ class AVBTrainable(tune.Trainable):
         metrics |= evaluate(self.trainer, self.eval_x, self.cfg.eval_samples)
         metrics["fidelity"] = self.trainer.step_count / self.cfg.steps
         step = self.trainer.step_count
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), step)
-                                                    for k, v in metrics.items()])
+        if step > self.logged_up_to:
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), step)
+                                                        for k, v in metrics.items()])
         if metrics["log_likelihood"] > self.best:
             self.best = metrics["log_likelihood"]
             self._log_best(metrics)
