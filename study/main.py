@@ -79,8 +79,8 @@ def parse_value(raw: str):
         return raw
 
 
-def parse_overrides(items: list[str]) -> dict:
-    from avb.config import Config, ConfigError
+def parse_overrides(items: list[str], preset: str) -> dict:
+    from avb.config import ConfigError
 
     values = {}
     for item in items:
@@ -89,7 +89,7 @@ def parse_overrides(items: list[str]) -> dict:
             raise StudyError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set hidden=64")
         values[key] = parse_value(raw)
     try:
-        Config.from_dict({**Config().to_dict(), **values})
+        load_preset(preset).BASE.replace(**values)
     except ConfigError as err:
         raise StudyError(f"--set: {err}") from err
     return values
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_args(args)
         resolve_paths(args)
-        args.overrides = parse_overrides(args.overrides)
+        args.overrides = parse_overrides(args.overrides, args.preset)
         args.study_name = args.study_name or f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         if not args.resume:
             preset = load_preset(args.preset)

@@ -11,15 +11,6 @@ from avb.ais import ais_log_likelihood
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The tensors here are tiny; intra-op threads only add overhead (badly so on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- Linear-Gaussian model: p(x|z) = N(Wz + c, s^2 I), p(z) = N(0, I), p(x) = N(c, WW^T + s^2 I).
 
 def _linear_gaussian(seed=0, d=2, n=5, s=1.0):
@@ -150,22 +141,6 @@ def test_single_chain_gives_nan_std_error():
     est, se = ais_log_likelihood(log_lik, ALL_X[:2], torch.zeros(2, 2, dtype=DT), torch.ones(2, 2, dtype=DT),
                                  num_temps=10, num_chains=1, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(est).all() and torch.isnan(se).all()
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_runs_on_cuda():
-    dev = torch.device("cuda")
-    _, marginal, w, s = _linear_gaussian()
-    w, c, x = w.to(dev), marginal.loc.to(dev), _sample(marginal, 3, seed=1, scale=0.5).to(dev)
-
-    def cuda_log_lik(x, z):
-        return (-0.5 * ((x - z @ w.T - c) / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)).sum(1)
-
-    est, se = ais_log_likelihood(cuda_log_lik, x, torch.zeros(3, 2, dtype=DT, device=dev),
-                                 torch.ones(3, 2, dtype=DT, device=dev), num_temps=400, num_chains=1024,
-                                 generator=torch.Generator(device=dev).manual_seed(0))
-    assert est.device.type == "cuda"
-    assert (est.cpu() - marginal.log_prob(x.cpu())).abs().max() < 0.05
 
 
 # --- Argument validation.

@@ -36,14 +36,6 @@ OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:
            "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_config(arch: str, variant: str, **changes) -> Config:
     return Config(arch=arch, dataset="digits" if arch == "conv" else "celeba", hidden=4, adv_hidden=4, adv_inner=8,
                   latent_dim=3, noise_dim=3, basis_size=2, depth=1, adv_depth=1, batch_size=8,
