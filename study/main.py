@@ -191,11 +191,28 @@ def save_or_load_study(args: argparse.Namespace) -> None:
         f.write(json.dumps(vars(args), indent=2).encode())
 
 
-def start_ray(args: argparse.Namespace) -> None:
-    import ray
+def on_existing_cluster(address: str | None) -> bool:
+    """True when Ray would attach to a running cluster (ray start / ray up), not start a local one."""
     from ray._private.services import canonicalize_bootstrap_address
 
-    existing = canonicalize_bootstrap_address(args.address) is not None  # a running cluster (ray start / ray up)
+    return canonicalize_bootstrap_address(address) is not None
+
+
+def check_data(args: argparse.Namespace) -> None:
+    """On one machine, load the data once before any trial: a missing data set is a one-line error, and a
+    download (MNIST) happens once instead of in every trial. On a cluster the trials' nodes hold the data."""
+    from avb.data import DataError, load_dataset
+
+    try:
+        load_dataset(load_preset(args.preset).BASE.replace(**args.overrides), "cpu")
+    except DataError as err:
+        raise StudyError(str(err)) from err
+
+
+def start_ray(args: argparse.Namespace) -> None:
+    import ray
+
+    existing = on_existing_cluster(args.address)
     ray.init(address=args.address, log_to_driver=True, logging_level="WARNING")
     args.trial_tracking_uri = args.tracking_uri
     if existing:  # trials on other nodes reach a server on this node by its address, not by loopback
@@ -325,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             refuse_existing(args)
         check_tracking_uri(args.tracking_uri)
+        if not on_existing_cluster(args.address):
+            check_data(args)
         start_ray(args)
         exp_id, parent_run_id = mlflow_parent_run(args)
         trainable = make_trainable(args, exp_id, parent_run_id)

@@ -148,6 +148,7 @@ def test_study_logs_to_a_real_mlflow_server(tmp_path, mlflow_server):
     (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
     (["--set", "lr=-1"], "lr=-1.0 must be a positive learning rate"),
     (["--resume", "--study-name", "nope"], "no study named 'nope'"),
+    (["--preset", "celeba", "--set", "data_root=/nonexistent"], "CelebA is not under /nonexistent"),
 ])
 def test_bad_input_fails_before_any_trial(tmp_path, args, message):
     out = run_study(["--results-dir", str(tmp_path / "results"), *args], cwd=tmp_path, timeout=120)
@@ -172,9 +173,16 @@ def test_diverged_trials_are_marked_and_the_study_goes_on(tmp_path):
 
 
 def test_a_trial_that_raises_is_listed_and_fails_the_study(tmp_path):
-    out = run_study(["--results-dir", str(tmp_path / "results"), "--study-name", "broken", "--num-trials", "1",
-                     "--scheduler", "none", "--max-failures", "0", *FAST,
-                     "--set", "dataset=folder", "--set", f"data_root={tmp_path / 'no-such-folder'}"], cwd=tmp_path)
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})  # on a cluster data are the trials' job
+    try:
+        out = run_study(["--address", cluster.address, "--results-dir", str(tmp_path / "results"),
+                         "--study-name", "broken", "--num-trials", "1", "--scheduler", "none", "--max-failures", "0",
+                         *FAST, "--set", "dataset=folder", "--set", f"data_root={tmp_path / 'no-such-folder'}"],
+                        cwd=tmp_path)
+    finally:
+        cluster.shutdown()
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     assert "1 errored" in out.stdout and "ERROR in trial" in out.stdout
 
