@@ -36,10 +36,15 @@ def save(trainer: Trainer, path: str | Path, **extra: Any) -> Path:
 
 def load(path: str | Path, device: torch.device | str = "cpu") -> Trainer:
     """A Trainer restored from `path`, on `device`, ready to continue exactly where it stopped."""
+    return load_with_extra(path, device)[0]
+
+
+def load_with_extra(path: str | Path, device: torch.device | str = "cpu") -> tuple[Trainer, dict[str, Any]]:
+    """The restored Trainer and the `extra` values saved with it, from one read of the file."""
     state = torch.load(path, map_location=device, weights_only=False)
     trainer = Trainer(Config.from_dict(state["config"]), tuple(state["x_shape"]), device)
     trainer.load_state_dict(state)
-    return trainer
+    return trainer, state["extra"]
 
 
 def extra(path: str | Path) -> dict[str, Any]:

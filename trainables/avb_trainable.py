@@ -128,9 +128,8 @@ class AVBTrainable(tune.Trainable):
         checkpoint.save(self.trainer, Path(checkpoint_dir) / checkpoint.FILENAME, best=self.best)
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
-        path = Path(checkpoint_dir) / checkpoint.FILENAME
-        self.trainer = checkpoint.load(path, self.device)
-        self.best = checkpoint.extra(path)["best"]
+        self.trainer, extra = checkpoint.load_with_extra(Path(checkpoint_dir) / checkpoint.FILENAME, self.device)
+        self.best = extra["best"]
 
     def cleanup(self) -> None:
         run = self.client.get_run(self.run_id)
