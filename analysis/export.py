@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from mlflow.entities import Run
 
-from avb.config import Config
+from avb.config import Config, parse_value
 
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
 FINISHED = ("FINISHED", "FAILED", "KILLED")  # terminal MLflow run states (KILLED: stopped early by ASHA)
@@ -131,18 +131,6 @@ def open_study(uri: str, study: str) -> StudyRuns:
 
 
 # ----------------------------------------------------------------------------- tables
-def parse_value(raw: str):
-    """'True' -> True, '64' -> 64, '1e-3' -> 0.001; anything else stays a string."""
-    if raw in ("True", "False", "true", "false"):
-        return raw.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
-
-
 def param_value(name: str, raw: str):
     """A logged param with its Config type (bool, int, float, str), guessed for names Config does not know."""
     kind = CONFIG_TYPES.get(name)

@@ -262,41 +262,22 @@ def capacity_figure(trials: pd.DataFrame, path: str | Path) -> Path:
 
 
 def model_figures(runs: StudyRuns, best: pd.Series, out: Path) -> tuple[list[Path], list[str]]:
-    """Pictures from the best trial's checkpoint (MLflow artifact best/trainer.pt), and notes."""
+    """Pictures from the best trial's checkpoint (MLflow artifact best/trainer.pt), and notes:
+    `avb.figures.save_pictures` on the trial's evaluation points (latent space; samples,
+    reconstructions and interpolations for image sets)."""
     from avb import checkpoint, figures
-    from avb.data import synthetic
+    from avb.data import load_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         local = runs.client.download_artifacts(best["run_id"], f"best/{checkpoint.FILENAME}", tmp)
         trainer = checkpoint.load(local, "cpu")
     title = f"best trial {best['trial_id']} ({best['method']}), step {trainer.step_count}"
-    if trainer.cfg.dataset == "synthetic":
-        return [figures.latent_figure(trainer, synthetic(), out / "latent.png", title=title)], []
-    return image_figures(trainer, out, title)
-
-
-def image_figures(trainer, out: Path, title: str) -> tuple[list[Path], list[str]]:
-    """Samples, reconstructions and interpolations, for the figure functions avb.figures has."""
-    from avb import figures
-    from avb.data import load_dataset
-
-    missing = [f for f in ("samples_figure", "reconstructions_figure", "interpolation_figure")
-               if not hasattr(figures, f)]
-    notes = [f"avb.figures has no {', '.join(missing)}"] if missing else []
-    paths = []
-    if hasattr(figures, "samples_figure"):
-        paths.append(figures.samples_figure(trainer, out / "samples.png", title=f"samples, {title}"))
     try:
-        x = load_dataset(trainer.cfg, "cpu").eval_batch(16)
+        x = load_dataset(trainer.cfg, "cpu").eval_batch(min(trainer.cfg.eval_points, 32))
     except Exception as err:  # noqa: BLE001  (the data set may not be on this machine; samples need none)
-        return paths, notes + [f"no reconstructions or interpolations: {trainer.cfg.dataset} not loadable ({err})"]
-    if hasattr(figures, "reconstructions_figure"):
-        paths.append(figures.reconstructions_figure(trainer, x, out / "reconstructions.png",
-                                                    title=f"reconstructions, {title}"))
-    if hasattr(figures, "interpolation_figure"):
-        paths.append(figures.interpolation_figure(trainer, x, out / "interpolation.png",
-                                                  title=f"interpolations, {title}"))
-    return paths, notes
+        return ([figures.samples_figure(trainer, out / "samples.png", title=f"samples, {title}")],
+                [f"only samples: {trainer.cfg.dataset} is not loadable here ({err})"])
+    return figures.save_pictures(trainer, x, out, title=title), []
 
 
 def log_scale_params(storage: str, study: str) -> set[str]:

@@ -8,6 +8,7 @@ Invalid values raise `ConfigError` naming the field and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -147,8 +148,17 @@ def _coerce_types(cfg: Config) -> None:
             raise ConfigError(f"{f.name}={value!r} must be of type {f.type}")
 
 
+def parse_value(raw: str) -> Any:
+    """A value written as text (a --set flag, an MLflow param): '64' -> 64, '1e-3' -> 0.001,
+    'true'/'True' -> True; anything else stays a string."""
+    try:
+        return json.loads(raw.lower() if raw in ("True", "False") else raw)
+    except json.JSONDecodeError:
+        return raw
+
+
 def field_names() -> list[str]:
     return [f.name for f in fields(Config)]
 
 
-__all__ = ["Config", "ConfigError", "field_names"]
+__all__ = ["Config", "ConfigError", "field_names", "parse_value"]

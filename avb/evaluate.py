@@ -130,15 +130,21 @@ def kl_aggregate(trainer: Trainer, x: Tensor, n: int, g: torch.Generator) -> flo
         return knn_kl(z_q.float(), z_p.float())
 
 
+def mean_with_se(values: Tensor, errors: Tensor) -> tuple[float, float]:
+    """Mean of per-point estimates and its Monte Carlo standard error (independent errors)."""
+    return values.mean().item(), (errors.pow(2).sum().sqrt() / len(values)).item()
+
+
 def evaluate(trainer: Trainer, x: Tensor, num_samples: int, seed: int = 1234) -> dict[str, float]:
     """All metrics of EVAL_METRICS on the data points x (already on the device)."""
     g = torch.Generator(trainer.device).manual_seed(seed)
     log_px, se = log_likelihood(trainer, x, num_samples, g)
     # reconstruction error is heavy-tailed (rare codes in another point's region): use many samples
     rec, elbo = reconstruction_and_elbo(trainer, x, max(1, min(num_samples // 8, ROWS_PER_CHUNK // len(x))), g)
+    mean_log_px, mean_se = mean_with_se(log_px, se)
     return {
-        "log_likelihood": log_px.mean().item(),
-        "log_likelihood_se": (se.pow(2).sum().sqrt() / len(x)).item(),
+        "log_likelihood": mean_log_px,
+        "log_likelihood_se": mean_se,
         "reconstruction_error": rec,
         "elbo": elbo,
         "kl_qz_pz": kl_aggregate(trainer, x, 10000, g),
@@ -178,5 +184,4 @@ def ais_log_likelihood(trainer: Trainer, x: Tensor, num_temps: int = 1000, num_c
                                               step_size=step_size, schedule=schedule, generator=g)
             log_px.append(est)
             se.append(err)
-    log_px, se = torch.cat(log_px), torch.cat(se)
-    return log_px.mean().item(), (se.pow(2).sum().sqrt() / len(x)).item()
+    return mean_with_se(torch.cat(log_px), torch.cat(se))

@@ -71,16 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- checks
-def parse_value(raw: str):
-    """'64' -> 64, '1e-3' -> 0.001, 'true'/'True' -> True; anything else stays a string."""
-    try:
-        return json.loads(raw.lower() if raw in ("True", "False") else raw)
-    except json.JSONDecodeError:
-        return raw
-
-
 def parse_overrides(items: list[str], preset: str) -> dict:
-    from avb.config import ConfigError
+    from avb.config import ConfigError, parse_value
 
     values = {}
     for item in items:

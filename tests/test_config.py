@@ -39,3 +39,10 @@ def test_round_trip_and_int_to_float():
     cfg = Config(lr=1, adaptive_contrast=True, encoder="basis")
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
     assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_values_written_as_text_parse_back():
+    from avb.config import parse_value
+
+    assert [parse_value(v) for v in ("64", "1e-05", "True", "false", "blackbox", "/data/celeba")] == [
+        64, 1e-05, True, False, "blackbox", "/data/celeba"]
