@@ -42,7 +42,9 @@ class Config:
     likelihood: str = "bernoulli"
     latent_dim: int = 2
     noise_dim: int = 2  # per noise vector; the basis encoder uses `basis_size` of them
-    basis_size: int = 4
+    basis_size: int = 4  # noise basis vectors v_i(eps_i) of the basis encoder (authors' MNIST code: 32)
+    basis_hidden: int = 128  # width of each noise network v_i (authors' code: 3 x 128, ELU)
+    basis_depth: int = 3  # hidden layers of each noise network v_i
     hidden: int = 512  # width of encoder and decoder layers
     depth: int = 2  # hidden layers of encoder and decoder
     # --- adversary capacity: T(x,z) = <a(x), b(z)> + t_x(x) + t_z(z) [+ 0.5||z||^2]
@@ -62,9 +64,10 @@ class Config:
     adv_steps: int = 1  # adversary updates per encoder/decoder update
     # --- evaluation
     eval_samples: int = 20000  # importance samples per data point for log p(x)
-    eval_points: int = 512  # data points used by the evaluation (all of the synthetic set)
+    eval_points: int = 512  # validation points evaluated during training (all of the synthetic set)
     # --- run
     seed: int = 0
+    split_seed: int = 0  # seeded train / validation / test split of the data set (avb.data)
     device: str = "auto"
     amp: bool = False  # bf16 autocast on CUDA
     compile: bool = False  # torch.compile the training step's networks
@@ -88,8 +91,8 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is unknown; allowed: {', '.join(allowed)}")
-        for name in ("latent_dim", "noise_dim", "basis_size", "hidden", "depth", "adv_hidden",
-                     "adv_depth", "adv_inner", "batch_size", "steps", "adv_steps",
+        for name in ("latent_dim", "noise_dim", "basis_size", "basis_hidden", "basis_depth", "hidden", "depth",
+                     "adv_hidden", "adv_depth", "adv_inner", "batch_size", "steps", "adv_steps",
                      "eval_samples", "eval_points"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer (>= 1)")
@@ -99,11 +102,16 @@ class Config:
         for name in ("beta1", "beta2", "adv_beta1", "adv_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be an Adam beta in [0, 1)")
+        if self.split_seed < 0:
+            raise ConfigError(f"split_seed={self.split_seed} must be >= 0")
         if self.kl_warmup_steps < 0:
             raise ConfigError(f"kl_warmup_steps={self.kl_warmup_steps} must be >= 0 (0 turns warm-up off)")
         if self.objective == "vae" and self.encoder != "gaussian":
             raise ConfigError(f"encoder={self.encoder!r} cannot be used with objective='vae': "
                               "the VAE's analytic KL needs encoder='gaussian'")
+        if self.encoder == "basis" and self.batch_size < 2:
+            raise ConfigError(f"batch_size={self.batch_size} must be >= 2 with encoder='basis' "
+                              "(the moments of v_i are estimated over the batch)")
         if self.adaptive_contrast and self.encoder == "blackbox":
             raise ConfigError("adaptive_contrast=True needs an encoder with known moments: "
                               "use encoder='basis' (or 'gaussian'), not 'blackbox'")

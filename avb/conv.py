@@ -5,14 +5,16 @@
     python -m avb --dataset celeba --arch resnet --likelihood gaussian --latent-dim 64 --hidden 32
 
 "conv" (MNIST): DCGAN-style nets (Radford et al. 2015). The black-box encoder adds
-the noise to every hidden layer through a learned linear projection; batch norm
+the noise to every unit of every hidden layer through a learned linear projection
+(the authors' `add_linear`: eps -> C*H*W values per layer); batch norm
 in encoder and adversary, none in the decoder (it decreased reconstruction
 quality, section 4). The adversary is the usual T(x, z) = <a(x), b(z)> + t_x + t_z
 (+ 0.5||z||^2) with a conv net on x and a fully connected net on z.
 
 "resnet" (CelebA): every hidden layer of encoder and decoder followed by
 `cfg.depth` residual units (paper: three); the adversary is one conv net on x
-with z added to each layer through a learned projection.
+with z added to each layer through a learned projection (one value per channel:
+per unit it would cost latent_dim x 60k weights at 64x64).
 
 Widths: `cfg.hidden` / `cfg.adv_hidden` are the channels of the first conv layer,
 doubled at each downsampling; fully connected layers are FC_MULT times that wide.
@@ -75,28 +77,43 @@ class ResBlock(nn.Module):
         return h + self.f(h)
 
 
+def layer_shapes(x_shape: tuple[int, ...], chans: list[int], strides: list[int]) -> list[tuple[int, int, int]]:
+    """(C, H, W) after each encoder layer: a stride-2 layer halves both sides."""
+    h, w, shapes = x_shape[1], x_shape[2], []
+    for c, s in zip(chans, strides):
+        h, w = h // s, w // s
+        shapes.append((c, h, w))
+    return shapes
+
+
 class ConvNet(nn.Module):
     """x [B, C, H, W] -> features [B, out_dim]; an optional side input s [B, S] (noise eps or code z)
-    is added to every layer through a learned linear projection (paper section 4)."""
+    is added to every layer through a learned linear projection (paper section 4): onto every
+    unit (`per_unit`, S -> C*H*W, the authors' add_linear) or one value per channel (S -> C)."""
 
     def __init__(self, x_shape: tuple[int, ...], base: int, strides: list[int], side_dim: int = 0,
-                 bn: bool = True, leaky: bool = False, res_units: int = 0):
+                 bn: bool = True, leaky: bool = False, res_units: int = 0, per_unit: bool = True):
         super().__init__()
         chans = channels_for(base, strides)
+        self.shapes = layer_shapes(x_shape, chans, strides)
         self.convs = nn.ModuleList(conv(c_in, c, s) for c_in, c, s in zip([x_shape[0]] + chans, chans, strides))
-        self.sides = nn.ModuleList(nn.Linear(side_dim, c) for c in chans) if side_dim else None
+        self.per_unit = per_unit
+        self.sides = None
+        if side_dim:
+            self.sides = nn.ModuleList(nn.Linear(side_dim, math.prod(shape) if per_unit else shape[0], bias=False)
+                                       for shape in self.shapes)
         self.post = nn.ModuleList(
             nn.Sequential(nn.BatchNorm2d(c) if bn else nn.Identity(), act(leaky),
                           *[ResBlock(c, bn, leaky) for _ in range(res_units)]) for c in chans)
-        down = 2 ** strides.count(2)
-        self.out_dim = chans[-1] * (x_shape[1] // down) * (x_shape[2] // down)
+        self.out_dim = math.prod(self.shapes[-1])
 
     def forward(self, x: Tensor, side: Tensor | None = None) -> Tensor:
         h = 2 * x - 1  # pixels centred at 0, as in the official code
         for i, (layer, post) in enumerate(zip(self.convs, self.post)):
             h = layer(h)  # [B, C_i, H_i, W_i]
-            if side is not None:
-                h = h + self.sides[i](side)[:, :, None, None]  # learned projection of eps (or z), per channel
+            if side is not None:  # learned projection of eps (or z) onto every unit, or per channel
+                proj = self.sides[i](side)
+                h = h + (proj.view(-1, *self.shapes[i]) if self.per_unit else proj[:, :, None, None])
             h = post(h)
         return h.flatten(1)  # [B, out_dim]
 
@@ -122,7 +139,7 @@ class UpNet(nn.Module):
 
 
 class ConvBlackBoxEncoder(nn.Module):
-    """z = f(x, eps), eps entering every conv layer through a learned projection (section 4)."""
+    """z = f(x, eps), eps entering every unit of every conv layer through a learned projection (section 4)."""
 
     def __init__(self, x_shape: tuple[int, ...], cfg: Config, strides: list[int], res_units: int):
         super().__init__()
@@ -182,7 +199,7 @@ class ResNetAdversary(nn.Module):
         super().__init__()
         self.prior_term = cfg.adv_prior_term
         self.net = ConvNet(x_shape, cfg.adv_hidden, strides, side_dim=cfg.latent_dim, leaky=True,
-                           res_units=cfg.adv_depth)
+                           res_units=cfg.adv_depth, per_unit=False)
         self.head = mlp([self.net.out_dim + cfg.latent_dim, FC_MULT * cfg.adv_hidden, 1], last_scale=0.01)
 
     def forward(self, x: Tensor, *zs: Tensor) -> tuple[Tensor, ...]:
@@ -207,5 +224,3 @@ def build_resnet_models(cfg: Config, x_shape: tuple[int, ...]) -> Models:
         adversary = Adversary(None, z_net(cfg, cfg.adv_inner + 1), cfg.adv_inner, cfg.adv_prior_term)
     return Models(encoder, decoder, adversary)
 
-
-BUILDERS = {"conv": build_conv_models, "resnet": build_resnet_models}

@@ -1,22 +1,29 @@
-"""Evaluation of a trained model (paper Table 1, Figure 3).
+"""Evaluation of a trained model (paper Table 1, Figure 3; MNIST by AIS).
 
-- log_likelihood: log p(x) by importance sampling. The proposal is a defensive
-  mixture 0.5 N(mu, (1.2 sigma)^2) + 0.5 p(z), with mu, sigma the moments of
-  q(z|x) measured from encoder samples, refined by the weighted moments of
-  pilot runs; since the prior is one component, each
-  weight is at most 2 p(x|z), so the estimator has finite variance whatever
-  the encoder. Reported with its Monte Carlo standard error.
+- log_likelihood: log p(x) by importance sampling, mean over the data points. The
+  proposal is a defensive mixture 0.5 N(mu, (1.2 sigma)^2) + 0.5 p(z), with mu, sigma
+  the moments of q(z|x) measured from encoder samples, refined by the weighted
+  moments of pilot runs; since the prior is one component, each weight is at most
+  2 p(x|z), so the estimator has finite variance whatever the encoder. Half the
+  samples come from each component, pair by pair (the deterministic-mixture
+  estimator, unbiased for p(x)).
+  `log_likelihood_se` is the standard error over data points (sd / sqrt(B): how much
+  the figure would move on other data), `log_likelihood_mc_se` the Monte Carlo error
+  of the estimator on these points. Compare methods with `paired_difference`.
 - reconstruction_error: E_x E_q(z|x)[-log p(x|z)], the cross-entropy between x and
   its reconstruction for Bernoulli pixels, summed over pixels.
-- elbo: E_q[log p(x|z)] - KL; exact (analytic KL) for the VAE, an estimate (the
-  adversary's KL) for AVB.
+- elbo (VAE only): E_q[log p(x|z)] - KL(q(z|x) || p(z)) with the analytic KL: a bound.
+- adversary_elbo (AVB only): E_q[log p(x|z)] - E_q[T(x, z)] (+ the analytic part with
+  Adaptive Contrast): the adversary's estimate of the ELBO, not a bound; it can lie
+  above log p(x) when T is wrong.
 - kl_qz_pz: KL(q(z) || p(z)) of the aggregated posterior, by a k-nearest-neighbour
   estimator (Wang, Kulkarni and Verdu 2009), as the paper's Table 1 did.
-- ais_log_likelihood: log p(x) by annealed importance sampling (avb.ais), as the
-  final paper reports MNIST (method notes, section 3); not part of `evaluate`.
+- ais_log_likelihood: log p(x) by annealed importance sampling (avb.ais) from a Gaussian
+  q0(z|x) fitted to each model's own encoder (one protocol for the VAE, AVB and AVB+AC);
+  not part of `evaluate`.
 
 Every function draws from its own seeded generator, so evaluating never
-changes a training run's random stream.
+changes a training run's random stream. Per-point functions return CPU float64 tensors.
 """
 
 from __future__ import annotations
@@ -32,8 +39,11 @@ from avb import ais
 from avb import objectives as obj
 from avb.train import Trainer
 
-EVAL_METRICS = ("log_likelihood", "log_likelihood_se", "reconstruction_error", "elbo", "kl_qz_pz")
+EVAL_METRICS = ("log_likelihood", "log_likelihood_se", "log_likelihood_mc_se", "reconstruction_error", "elbo",
+                "adversary_elbo", "kl_qz_pz")
 ROWS_PER_CHUNK = 65536  # decoder evaluations per forward pass
+Q0_SAMPLES = 256  # encoder samples per point for the Gaussian q0 of a black-box encoder
+Q0_VAR_FLOOR = 1e-4  # q0 std = sqrt(var + 1e-4), as the authors' r(z|x)
 
 
 @contextlib.contextmanager
@@ -54,10 +64,32 @@ def posterior_samples(trainer: Trainer, x: Tensor, n: int, g: torch.Generator) -
     return torch.cat(zs).view(len(x), n, -1)
 
 
+# ------------------------------------------------------------ error bars
+def summary(values: Tensor, mc_se: Tensor, name: str) -> dict[str, float]:
+    """{name: mean over points, name_se: its standard error over points (NaN for one point),
+    name_mc_se: its Monte Carlo standard error (independent per-point errors)}."""
+    values, mc_se = values.double().cpu(), mc_se.double().cpu()
+    b = len(values)
+    se = values.std().item() / math.sqrt(b) if b > 1 else math.nan
+    return {name: values.mean().item(), f"{name}_se": se, f"{name}_mc_se": (mc_se.pow(2).sum().sqrt() / b).item()}
+
+
+def paired_difference(a: Tensor, b: Tensor) -> tuple[float, float]:
+    """Mean of a - b over the same points and its standard error over points (sd / sqrt(B))."""
+    d = (a.double() - b.double()).cpu()
+    return d.mean().item(), (d.std().item() / math.sqrt(len(d)) if len(d) > 1 else math.nan)
+
+
+# --------------------------------------------------- importance sampling
 def importance_weights(trainer: Trainer, x: Tensor, mean: Tensor, std: Tensor, num_samples: int,
                        g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """log p(x,z) - log proposal(z) for z from 0.5 N(mean, std^2) + 0.5 p(z): ([B, n], z [B, n, D])."""
-    chunk = max(1, ROWS_PER_CHUNK // len(x))
+    """log p(x,z) - log proposal(z) for z from 0.5 N(mean, std^2) + 0.5 p(z): ([B, n], z [B, n, D]).
+
+    num_samples must be even: sample 2j comes from the fitted Gaussian, 2j + 1 from the prior,
+    so every chunk holds exactly half of each (chunks have even sizes).
+    """
+    assert num_samples % 2 == 0, num_samples
+    chunk = max(2, ROWS_PER_CHUNK // len(x) // 2 * 2)
     log_w, zs = [], []
     for start in range(0, num_samples, chunk):
         n = min(chunk, num_samples - start)
@@ -75,17 +107,20 @@ def importance_weights(trainer: Trainer, x: Tensor, mean: Tensor, std: Tensor, n
 
 
 def log_likelihood(trainer: Trainer, x: Tensor, num_samples: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Importance-sampled log p(x) and its standard error, per data point: ([B], [B]).
+    """Importance-sampled log p(x) and its Monte Carlo standard error, per data point: ([B], [B]).
 
     The Gaussian component starts from the moments of q(z|x) and is refitted to
     the weighted moments of three pilot runs, so a poor encoder costs accuracy
-    only in the pilots; the estimate uses the main run alone.
+    only in the pilots; the estimate uses the main run alone. num_samples is
+    rounded up to an even number (half from each component).
     """
+    num_samples += num_samples % 2
+    pilot = max(num_samples // 20, min(num_samples, 1000)) // 2 * 2
     with evaluating(trainer):
-        z_q = posterior_samples(trainer, x, 256, g)
+        z_q = posterior_samples(trainer, x, min(256, max(64, num_samples)), g)  # first moments; pilots refine
         mean, std = z_q.mean(1), z_q.std(1) + 1e-3  # [B, D]
         for _ in range(3):  # pilot runs: refit the Gaussian to the self-normalised weighted samples
-            log_w, z = importance_weights(trainer, x, mean, 1.2 * std, max(num_samples // 20, 1000), g)
+            log_w, z = importance_weights(trainer, x, mean, 1.2 * std, pilot, g)
             w = torch.softmax(log_w.double(), dim=1)[..., None].float()
             mean = (w * z).sum(1)
             std = ((w * (z - mean[:, None]) ** 2).sum(1)).sqrt() + 1e-3
@@ -93,11 +128,45 @@ def log_likelihood(trainer: Trainer, x: Tensor, num_samples: int, g: torch.Gener
         log_px = torch.logsumexp(log_w, 1) - math.log(num_samples)
         rel = (log_w - log_px[:, None]).exp()  # w / p_hat, mean 1
         se = rel.std(1) / math.sqrt(num_samples)  # delta method: se(log p) = se(p) / p
-        return log_px.float(), se.float()
+        return log_px, se
 
 
+def per_point_log_likelihood(trainer: Trainer, x: Tensor, num_samples: int, seed: int = 1234
+                             ) -> tuple[Tensor, Tensor]:
+    """Importance-sampled log p(x) per row of x and its Monte Carlo error: CPU float64 ([B], [B])."""
+    g = torch.Generator(trainer.device).manual_seed(seed)
+    values, mc_se = log_likelihood(trainer, x, num_samples, g)
+    return values.double().cpu(), mc_se.double().cpu()
+
+
+def posterior_is_per_point(trainer: Trainer, x: Tensor, num_samples: int, seed: int = 1234
+                           ) -> tuple[Tensor, Tensor]:
+    """log p(x) by importance sampling with the VAE's own q(z|x) as proposal (the IWAE bound of
+    Burda et al. 2016, a stochastic lower bound): CPU float64 ([B], [B]). Gaussian encoders only."""
+    if trainer.cfg.encoder != "gaussian":
+        raise ValueError(f"posterior_is_per_point needs a density q(z|x): encoder='gaussian', not "
+                         f"{trainer.cfg.encoder!r}")
+    g = torch.Generator(trainer.device).manual_seed(seed)
+    chunk = max(1, ROWS_PER_CHUNK // len(x))
+    with evaluating(trainer):
+        log_w = []
+        for start in range(0, num_samples, chunk):
+            n = min(chunk, num_samples - start)
+            x_rep = x.repeat_interleave(n, dim=0)
+            q = trainer.encode(x_rep, g)
+            lw = (trainer.models.decoder.log_prob(x_rep, q.z) + obj.log_standard_normal(q.z)
+                  - obj.log_normal(q.z, q.mean, q.std))
+            log_w.append(lw.double().view(len(x), n))
+        log_w = torch.cat(log_w, dim=1)
+        log_px = torch.logsumexp(log_w, 1) - math.log(num_samples)
+        se = (log_w - log_px[:, None]).exp().std(1) / math.sqrt(num_samples)
+    return log_px.cpu(), se.cpu()
+
+
+# -------------------------------------------------------- other metrics
 def reconstruction_and_elbo(trainer: Trainer, x: Tensor, n: int, g: torch.Generator) -> tuple[float, float]:
-    """E[-log p(x|z)] and E[log p(x|z)] - KL estimate, averaged over x and n posterior samples."""
+    """E[-log p(x|z)] and E[log p(x|z)] - KL estimate (analytic for the VAE, the adversary's for AVB),
+    averaged over x and n posterior samples."""
     with evaluating(trainer):
         rec, kl = [], []
         for xc in x.repeat_interleave(n, dim=0).split(ROWS_PER_CHUNK):
@@ -114,7 +183,9 @@ def knn_kl(p_samples: Tensor, q_samples: Tensor, k: int = 3) -> float:
     m = len(q_samples)
 
     def kth_distance(a: Tensor, b: Tensor, kk: int) -> Tensor:
-        return torch.cat([torch.cdist(ac, b).kthvalue(kk, dim=1).values for ac in a.split(1024)])
+        # exact differences, not the |a|^2 + |b|^2 - 2ab matmul form, which cancels for tight clusters
+        return torch.cat([torch.cdist(ac, b, compute_mode="donot_use_mm_for_euclid_dist").kthvalue(kk, dim=1).values
+                          for ac in a.split(1024)])
 
     rho = kth_distance(p_samples, p_samples, k + 1)  # k+1: the point itself is at distance 0
     nu = kth_distance(p_samples, q_samples, k)
@@ -130,58 +201,71 @@ def kl_aggregate(trainer: Trainer, x: Tensor, n: int, g: torch.Generator) -> flo
         return knn_kl(z_q.float(), z_p.float())
 
 
-def mean_with_se(values: Tensor, errors: Tensor) -> tuple[float, float]:
-    """Mean of per-point estimates and its Monte Carlo standard error (independent errors)."""
-    return values.mean().item(), (errors.pow(2).sum().sqrt() / len(values)).item()
-
-
 def evaluate(trainer: Trainer, x: Tensor, num_samples: int, seed: int = 1234) -> dict[str, float]:
-    """All metrics of EVAL_METRICS on the data points x (already on the device)."""
+    """The metrics of EVAL_METRICS that apply to this model, on the data points x (on the device):
+    `elbo` for the VAE, `adversary_elbo` for AVB."""
     g = torch.Generator(trainer.device).manual_seed(seed)
-    log_px, se = log_likelihood(trainer, x, num_samples, g)
+    log_px, mc_se = log_likelihood(trainer, x, num_samples, g)
     # reconstruction error is heavy-tailed (rare codes in another point's region): use many samples
     rec, elbo = reconstruction_and_elbo(trainer, x, max(1, min(num_samples // 8, ROWS_PER_CHUNK // len(x))), g)
-    mean_log_px, mean_se = mean_with_se(log_px, se)
     return {
-        "log_likelihood": mean_log_px,
-        "log_likelihood_se": mean_se,
+        **summary(log_px, mc_se, "log_likelihood"),
         "reconstruction_error": rec,
-        "elbo": elbo,
+        "elbo" if trainer.cfg.objective == "vae" else "adversary_elbo": elbo,
         "kl_qz_pz": kl_aggregate(trainer, x, 10000, g),
     }
 
 
-def ais_start(trainer: Trainer, x: Tensor, g: torch.Generator, n: int = 64) -> tuple[Tensor, Tensor]:
-    """Moments of AIS's starting Gaussian q0 per row of x (method notes, section 3): ([B, D], [B, D]).
+# ----------------------------------------------------------------- AIS
+def ais_start(trainer: Trainer, x: Tensor, g: torch.Generator, start: str = "posterior",
+              n: int = Q0_SAMPLES) -> tuple[Tensor, Tensor]:
+    """Mean and std of AIS's starting Gaussian q0(z|x) per row of x: ([B, D], [B, D]).
 
-    With Adaptive Contrast, r(z|x): the encoder's mean and std, computed on n copies
-    of each x so that a basis encoder's batch moments of v_i come from B * n noise
-    draws. Without, the prior N(0, I).
+    start="posterior": the same rule for every model. The encoder's own moments where it
+    knows them (the VAE's q(z|x); the basis encoder's r(z|x), as Adaptive Contrast uses),
+    otherwise the moments of n encoder samples (black-box AVB); the encoder runs on n
+    copies of each x, so a basis encoder's batch moments of v_i come from B * n draws.
+    std = sqrt(var + 1e-4), as the authors' r(z|x). start="prior": N(0, I) (for checking).
     """
     d = trainer.cfg.latent_dim
-    if not trainer.cfg.adaptive_contrast:
+    if start == "prior":
         return torch.zeros(len(x), d, device=x.device), torch.ones(len(x), d, device=x.device)
+    if start != "posterior":
+        raise ValueError(f"start={start!r} is unknown; allowed: 'posterior', 'prior'")
     q = trainer.encode(x.repeat_interleave(n, dim=0), g)
-    return q.mean.float().view(len(x), n, d)[:, 0], q.std.float().view(len(x), n, d)[:, 0]
+    if q.mean is not None:
+        mean, var = q.mean.view(len(x), n, d)[:, 0], q.std.view(len(x), n, d)[:, 0].pow(2)
+    else:
+        z = q.z.view(len(x), n, d)
+        mean, var = z.mean(1), z.var(1)
+    return mean.float(), (var.float() + Q0_VAR_FLOOR).sqrt()
 
 
-def ais_log_likelihood(trainer: Trainer, x: Tensor, num_temps: int = 1000, num_chains: int = 8,
-                       leapfrog_steps: int = 10, step_size: float = 0.05, schedule: str = "linear",
-                       chunk: int = 256, seed: int = 1234) -> tuple[float, float]:
-    """AIS estimate of log p(x): mean over the rows of x and its standard error (nats).
+def ais_per_point(trainer: Trainer, x: Tensor, *, num_temps: int, num_chains: int, leapfrog_steps: int = 10,
+                  start: str = "posterior", schedule: str = "linear", chunk: int = 256, seed: int = 1234
+                  ) -> tuple[Tensor, Tensor]:
+    """AIS log p(x) per row of x and its Monte Carlo error over chains: CPU float64 ([B], [B]).
 
-    Defaults as the official MNIST scripts: 1000 temperatures, 8 chains, one HMC
-    transition of 10 leapfrog steps per temperature, step size adapted towards
-    0.65 acceptance. x is processed `chunk` rows at a time (chunk * num_chains chains).
+    x is processed `chunk` rows at a time (chunk * num_chains chains in one batch, one step
+    size per chunk). The official MNIST scripts use 1000-2000 temperatures and 5-8 chains.
     """
     g = torch.Generator(trainer.device).manual_seed(seed)
-    log_px, se = [], []
+    values, mc_se = [], []
     with evaluating(trainer):
         for xc in x.split(chunk):
-            mean, std = ais_start(trainer, xc, g)
+            mean, std = ais_start(trainer, xc, g, start)
             est, err = ais.ais_log_likelihood(trainer.models.decoder.log_prob, xc, mean, std, num_temps=num_temps,
                                               num_chains=num_chains, leapfrog_steps=leapfrog_steps,
-                                              step_size=step_size, schedule=schedule, generator=g)
-            log_px.append(est)
-            se.append(err)
-    return mean_with_se(torch.cat(log_px), torch.cat(se))
+                                              schedule=schedule, generator=g)
+            values.append(est.double().cpu())
+            mc_se.append(err.double().cpu())
+    return torch.cat(values), torch.cat(mc_se)
+
+
+def ais_log_likelihood(trainer: Trainer, x: Tensor, *, num_temps: int = 1000, num_chains: int = 8,
+                       start: str = "posterior", seed: int = 1234, **kwargs) -> dict[str, float]:
+    """{"ais_log_likelihood", "ais_log_likelihood_se" (over points), "ais_log_likelihood_mc_se"}
+    on the rows of x; `kwargs` go to ais_per_point (leapfrog_steps, schedule, chunk)."""
+    values, mc_se = ais_per_point(trainer, x, num_temps=num_temps, num_chains=num_chains, start=start, seed=seed,
+                                  **kwargs)
+    return summary(values, mc_se, "ais_log_likelihood")

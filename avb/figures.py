@@ -26,6 +26,8 @@ def latent_figure(trainer: Trainer, x: Tensor, path: str | Path, n: int = 2000, 
     x = x[:10]
     with evaluating(trainer):
         z = posterior_samples(trainer, x, n, g).float().cpu()  # [B, n, D]
+    if z.shape[2] == 1:  # a 1-D latent: spread the points vertically
+        z = torch.cat([z, 0.1 * torch.randn(z.shape, generator=torch.Generator().manual_seed(seed))], dim=2)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for i in range(len(x)):
         ax.scatter(z[i, :, 0], z[i, :, 1], s=1.5, alpha=0.4, label=f"x{i + 1}", rasterized=True)
@@ -86,13 +88,18 @@ def interpolation_figure(trainer: Trainer, x: Tensor, path: str | Path, steps: i
 
 def save_pictures(trainer: Trainer, x: Tensor, folder: str | Path, title: str = "") -> list[Path]:
     """The pictures of a run: latent space (Figure 3); for image sets also samples,
-    reconstructions and a latent interpolation (Figures 4-6). x: evaluation points."""
+    reconstructions and a latent interpolation (Figures 4-6). x: evaluation points.
+
+    What cannot be drawn from so few points is skipped: the latent space and the
+    reconstructions need one point, the interpolation two."""
     folder = Path(folder)
-    paths = [latent_figure(trainer, x, folder / "latent.png", title=title)]
+    paths = [latent_figure(trainer, x, folder / "latent.png", title=title)] if len(x) >= 1 else []
     if trainer.cfg.dataset != "synthetic":
-        paths += [samples_figure(trainer, folder / "samples.png", title=title),
-                  reconstructions_figure(trainer, x[:32], folder / "reconstructions.png", title=title),
-                  interpolation_figure(trainer, x[:16], folder / "interpolation.png", title=title)]
+        paths.append(samples_figure(trainer, folder / "samples.png", title=title))
+        if len(x) >= 1:
+            paths.append(reconstructions_figure(trainer, x[:32], folder / "reconstructions.png", title=title))
+        if len(x) >= 2:
+            paths.append(interpolation_figure(trainer, x[:16], folder / "interpolation.png", title=title))
     return paths
 
 

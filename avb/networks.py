@@ -1,11 +1,12 @@
-"""Fully connected networks of the paper's synthetic experiment (section 4).
+"""Fully connected networks of the paper's synthetic experiment (section 4), and the parts
+every architecture shares.
 
 Three encoders, one decoder, one adversary. Every encoder maps `(x, eps)` to an
 `EncoderOutput`; `mean`/`std` are the moments of q(z|x) where they are known
 (needed by the VAE's analytic KL and by Adaptive Contrast), otherwise None.
 
-Convolutional versions for images live in `avb.conv`; `build_models` picks the
-family named by `Config.arch`, the training step does not care which.
+Convolutional versions for images live in `avb.conv` (which builds on this
+module); `avb.models.build_models` picks the family named by `Config.arch`.
 """
 
 from __future__ import annotations
@@ -40,23 +41,58 @@ def mlp(sizes: list[int], slope: float = 0.2, last_scale: float = 1.0) -> nn.Seq
     return nn.Sequential(*layers)
 
 
+class ParallelMLP(nn.Module):
+    """K independent MLPs with ELU evaluated as one batched matmul per layer: [K, B, in] -> [K, B, out].
+
+    The basis encoder's noise networks v_1..v_K (authors' code: 32 of them, 3 x 128 units, ELU);
+    one `baddbmm` per layer instead of K small matmuls. Initialised like nn.Linear.
+    """
+
+    def __init__(self, k: int, sizes: list[int]):
+        super().__init__()
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1 / math.sqrt(n_in)
+            self.weights.append(nn.Parameter(torch.empty(k, n_in, n_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(k, 1, n_out).uniform_(-bound, bound)))
+
+    def forward(self, h: Tensor) -> Tensor:
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b, h, w)  # [K, B, n_out]
+            if i < len(self.weights) - 1:
+                h = F.elu(h)
+        return h
+
+
 class BlackBoxEncoder(nn.Module):
-    """z = f(x, eps): noise concatenated to the input (paper section 4)."""
+    """z = f(x, eps): eps concatenated to the input and projected onto every unit of each
+    hidden layer (paper section 4; the authors' fully connected MNIST encoder adds a learned
+    projection of eps to each layer)."""
 
     def __init__(self, x_dim: int, cfg: Config):
         super().__init__()
         self.noise_size = cfg.noise_dim
-        self.net = mlp([x_dim + cfg.noise_dim] + [cfg.hidden] * cfg.depth + [cfg.latent_dim])
+        widths = [cfg.hidden] * cfg.depth
+        self.layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in
+                                    zip([x_dim + cfg.noise_dim] + widths[:-1], widths))
+        self.noise = nn.ModuleList(nn.Linear(cfg.noise_dim, w, bias=False) for w in widths[1:])
+        self.out = nn.Linear(widths[-1], cfg.latent_dim)
+        with torch.no_grad():
+            self.out.bias.zero_()
 
     def forward(self, x: Tensor, eps: Tensor) -> EncoderOutput:
-        return EncoderOutput(self.net(torch.cat([x.flatten(1), eps], dim=1)))
+        h = F.leaky_relu(self.layers[0](torch.cat([x.flatten(1), eps], dim=1)), 0.2)  # [B, hidden]
+        for layer, noise in zip(self.layers[1:], self.noise):
+            h = F.leaky_relu(layer(h) + noise(eps), 0.2)  # eps reaches every unit of every layer
+        return EncoderOutput(self.out(h))
 
 
 class BasisEncoder(nn.Module):
     """z = z0(x) + sum_i a_i(x) * v_i(eps_i), a_i > 0 (method notes, section 2).
 
     Since v_i sees only noise, its moments are estimated over the batch, which
-    gives the moments of q(z|x) that Adaptive Contrast needs.
+    gives the moments of q(z|x) that Adaptive Contrast needs:
+    E[z|x] = z0 + sum_i a_i E[v_i],  Var[z|x] = sum_i a_i^2 Var[v_i].
     """
 
     def __init__(self, x_dim: int, cfg: Config, trunk: nn.Module | None = None):
@@ -66,15 +102,14 @@ class BasisEncoder(nn.Module):
         # trunk: flattened x [B, x_dim] -> [B, D * (1 + K)]; avb.conv passes a convolutional one
         self.trunk = trunk if trunk is not None else mlp([x_dim] + [cfg.hidden] * cfg.depth
                                                          + [cfg.latent_dim * (1 + cfg.basis_size)])
-        self.basis = nn.ModuleList(
-            mlp([cfg.noise_dim, cfg.hidden // 4 or 1, cfg.hidden // 4 or 1, cfg.latent_dim]) for _ in range(self.k))
+        self.basis = ParallelMLP(self.k, [cfg.noise_dim] + [cfg.basis_hidden] * cfg.basis_depth + [cfg.latent_dim])
 
     def forward(self, x: Tensor, eps: Tensor) -> EncoderOutput:
         h = self.trunk(x.flatten(1))
         z0, a = h[:, : self.d], F.softplus(h[:, self.d:]).view(-1, self.k, self.d)  # a: [B, K, D]
-        eps = eps.view(-1, self.k, self.noise_dim)
-        v = torch.stack([net(eps[:, i]) for i, net in enumerate(self.basis)], dim=1)  # [B, K, D]
-        v_mean, v_var = v.mean(0), v.var(0)  # [K, D], over the batch: v does not depend on x
+        eps = eps.view(-1, self.k, self.noise_dim).transpose(0, 1)  # [K, B, noise_dim]
+        v = self.basis(eps).transpose(0, 1)  # [B, K, D]
+        v_mean, v_var = v.mean(0), v.var(0, correction=min(1, len(v) - 1))  # [K, D], over the batch: v ignores x
         z = z0 + (a * v).sum(1)
         mean = z0 + (a * v_mean).sum(1)
         std = ((a**2 * v_var).sum(1) + 1e-8).sqrt()
@@ -151,7 +186,7 @@ class Adversary(nn.Module):
 
 
 class Models(nn.Module):
-    def __init__(self, encoder: nn.Module, decoder: Decoder, adversary: Adversary | None):
+    def __init__(self, encoder: nn.Module, decoder: Decoder, adversary: nn.Module | None):
         super().__init__()
         self.encoder, self.decoder, self.adversary = encoder, decoder, adversary
 
@@ -160,6 +195,7 @@ ENCODERS = {"blackbox": BlackBoxEncoder, "basis": BasisEncoder, "gaussian": Gaus
 
 
 def build_mlp_models(cfg: Config, x_shape: tuple[int, ...]) -> Models:
+    """Fully connected encoder, decoder and adversary (the synthetic experiment, section 4)."""
     x_dim = math.prod(x_shape)
     encoder = ENCODERS[cfg.encoder](x_dim, cfg)
     decoder = Decoder(x_shape, mlp([cfg.latent_dim] + [cfg.hidden] * cfg.depth + [x_dim]), cfg.likelihood)
@@ -170,12 +206,3 @@ def build_mlp_models(cfg: Config, x_shape: tuple[int, ...]) -> Models:
         z_net = mlp([cfg.latent_dim] + adv, last_scale=0.01)  # last layers start near zero
         adversary = Adversary(x_net if cfg.adversary_input == "xz" else None, z_net, cfg.adv_inner, cfg.adv_prior_term)
     return Models(encoder, decoder, adversary)
-
-
-def build_models(cfg: Config, x_shape: tuple[int, ...]) -> Models:
-    """The networks named by `cfg.arch` for data of shape `x_shape` (one example)."""
-    if cfg.arch == "mlp":
-        return build_mlp_models(cfg, x_shape)
-    from avb import conv  # image networks; imported only when asked for
-
-    return conv.BUILDERS[cfg.arch](cfg, x_shape)

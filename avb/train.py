@@ -23,7 +23,8 @@ from torch import Tensor
 
 from avb import objectives as obj
 from avb.config import Config
-from avb.networks import EncoderOutput, build_models
+from avb.models import build_models
+from avb.networks import EncoderOutput
 
 TRAIN_METRICS = ("loss_primal", "loss_adversary", "train_reconstruction", "train_kl")
 
@@ -38,6 +39,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was asked for but no CUDA GPU is visible; use device='cpu' or 'auto'")
     return torch.device(name)
+
+
+def weights_finite(trainer: Trainer) -> bool:
+    """True when every parameter of every network is finite (one host sync)."""
+    params = list(trainer.models.parameters())
+    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
 
 
 class Trainer:
@@ -167,6 +174,6 @@ class Trainer:
             self.opt_adv.load_state_dict(state["opt_adv"])
         self.step_count = state["step"]
         if state["generator_device"] == self.device.type:  # RNG streams do not carry across device types
-            self.generator.set_state(state["generator"])
+            self.generator.set_state(state["generator"].cpu())  # RNG states are CPU byte tensors
         self._sums.copy_(state["metric_sums"])
         self._n = state["metric_n"]

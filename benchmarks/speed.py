@@ -32,9 +32,9 @@ from avb.train import Trainer
 CASES = {  # name: Config (the fields that matter for speed)
     "synthetic, paper size (512)": Config(hidden=512, adv_hidden=512, adv_inner=512, batch_size=512),
     "synthetic, small (128)": Config(hidden=128, adv_hidden=128, adv_inner=128, batch_size=256),
-    "MNIST conv, AVB+AC, latent 32": Config(
+    "MNIST conv, AVB+AC, latent 32": Config(  # the mnist preset's encoder: 32 basis vectors, 3 x 128 noise nets
         dataset="mnist_sample", arch="conv", encoder="basis", adaptive_contrast=True, latent_dim=32,
-        noise_dim=32, hidden=32, adv_hidden=32, adv_inner=256, depth=3, adv_depth=3, batch_size=128),
+        noise_dim=64, basis_size=32, hidden=32, adv_hidden=32, adv_inner=256, depth=3, adv_depth=3, batch_size=128),
 }
 VARIANTS = {"cpu": {"fp32": {}}, "cuda": {"fp32": {}, "bf16": {"amp": True}, "compile": {"compile": True},
                                           "compile+bf16": {"compile": True, "amp": True}}}

@@ -4,13 +4,15 @@
 
 Needs the CelebA files under DATA_ROOT/celeba (see avb/images.py); they are
 never downloaded automatically. Values in [0, 1] with a Gaussian likelihood.
+Splits: the official train / valid / test partition; trials are scored on
+validation images, the final AIS on test images.
 """
 
 from avb.config import Config
 
 BASE = Config(dataset="celeba", data_root="data", arch="resnet", likelihood="gaussian", latent_dim=64,
-              noise_dim=64, hidden=32, depth=1, adv_hidden=32, adv_depth=1, batch_size=64, lr=1e-4, adv_lr=1e-4,
-              eval_samples=200, eval_points=256)
+              noise_dim=64, basis_size=32, hidden=32, depth=1, adv_hidden=32, adv_depth=1, batch_size=64, lr=1e-4,
+              adv_lr=1e-4, eval_samples=200, eval_points=256)
 ITERATIONS = 20
 STEPS_PER_ITERATION = 2000
 

@@ -1,81 +1,87 @@
-"""The end of a study: best full-fidelity trial next to the paper, errors, where everything is."""
+"""The end of a study: fates, the best trial (chosen on validation) next to the paper, the test-set evaluation
+of image presets, errors, and where to look at everything."""
 
 from __future__ import annotations
 
-import argparse
 import math
-
-import mlflow
+from collections import Counter
+from pathlib import Path
 
 from search_spaces import load_preset
+from study.records import result_fate
+from study.settings import StudySettings, masked
+from trainables import tracking
+from trainables.tracking import Fate
 
-SHOWN = ("log_likelihood", "log_likelihood_se", "reconstruction_error", "elbo", "kl_qz_pz")
-
-
-def classify(results, iterations: int) -> tuple[list, list, list, list]:
-    """(full-fidelity, stopped early, diverged, errored) results."""
-    full, early, diverged, errored = [], [], [], []
-    for r in results:
-        m = r.metrics or {}
-        if r.error:
-            errored.append(r)
-        elif m.get("diverged"):
-            diverged.append(r)
-        elif m.get("training_iteration", 0) >= iterations:
-            full.append(r)
-        else:
-            early.append(r)
-    return full, early, diverged, errored
+SHOWN = ("log_likelihood", "log_likelihood_se", "reconstruction_error", "elbo", "adversary_elbo", "kl_qz_pz")
 
 
-def ui_command(tracking_uri: str) -> str:
-    if tracking_uri.startswith("sqlite:"):
-        return f"mlflow ui --backend-store-uri {tracking_uri} --port 5000   # then open http://127.0.0.1:5000"
-    return f"open {tracking_uri} in a browser (port-forward it first on a cluster: ray attach cluster.yaml -p 5000)"
+def ui_hint(settings: StudySettings, exp_id: str) -> str:
+    link = tracking.ui_link(settings.tracking_uri, exp_id)
+    if settings.tracking_uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000   then open {link}"
+    return f"open {masked(link)} (on a cluster, forward the port first: ray attach cluster.yaml -p 5000)"
 
 
-def print_final_ais(args: argparse.Namespace, full: list, final: dict, exp_id: str, parent_run_id: str) -> None:
-    from study.final_eval import final_ais
-
-    final = {**final, "num_temps": args.ais_temps or final["num_temps"], "points": args.ais_points or final["points"]}
-    top = sorted(full, key=lambda r: r.metrics["log_likelihood"], reverse=True)[: args.final_ais]
-    print(f"AIS ({final['num_temps']} temperatures, {final['num_chains']} chains, {final['points']} test images) "
-          f"for the best {len(top)} trial(s):", flush=True)
-    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
-    scores = final_ais(top, final, resources, args.tracking_uri, exp_id)
-    for trial_id, (mean, se) in scores.items():
-        print(f"  {trial_id}: ais_log_likelihood {mean:.3f} +- {se:.3f}")
-    if scores:
-        mlflow.MlflowClient(args.tracking_uri).log_metric(parent_run_id, "best_ais_log_likelihood",
-                                                          max(m for m, _ in scores.values()))
-
-
-def summarize(args: argparse.Namespace, results, exp_id: str, parent_run_id: str) -> int:
-    """Print the summary, record it on the parent run; exit code 1 when a trial raised."""
-    full, early, diverged, errored = classify(results, args.iterations)
-    print(f"\n=== study {args.study_name}: {len(full)} full-fidelity, {len(early)} stopped early, "
-          f"{len(diverged)} diverged, {len(errored)} errored ===")
-    client = mlflow.MlflowClient(args.tracking_uri)
-    if full:
-        best = max(full, key=lambda r: r.metrics["log_likelihood"])
-        paper = load_preset(args.preset).PAPER
-        params = ", ".join(f"{k}={v}" for k, v in sorted(best.config.items()))
-        print(f"best trial {best.metrics['trial_id']}: {params}")
-        print(f"{'metric':<22}{'best trial':>12}" + "".join(f"{name:>12}" for name in paper))
-        for key in SHOWN:
+def print_best(best, paper: dict) -> None:
+    params = ", ".join(f"{k}={tracking.format_value(v)}" for k, v in sorted(best.config.items()))
+    print(f"best trial {best.config.get(tracking.TRIAL_NUMBER)} "
+          f"({tracking.method_of(best.config)}, chosen on validation): {params}")
+    print(f"{'metric (validation)':<24}{'best trial':>12}" + "".join(f"{name:>12}" for name in paper))
+    for key in SHOWN:
+        if key in best.metrics:
             row = "".join(f"{paper[n].get(key, math.nan):>12.3f}" for n in paper)
-            print(f"{key:<22}{best.metrics[key]:>12.4f}{row}")
-        client.log_metric(parent_run_id, "best_log_likelihood", best.metrics["log_likelihood"])
-        client.set_tag(parent_run_id, "best_trial_id", best.metrics["trial_id"])
-        final = getattr(load_preset(args.preset), "FINAL_AIS", None)
-        if final and args.final_ais > 0:
-            print_final_ais(args, full, final, exp_id, parent_run_id)
+            print(f"{key:<24}{best.metrics[key]:>12.4f}{row}")
+
+
+def print_final_evaluation(settings: StudySettings, finished: list, recorder) -> None:
+    from study.final_eval import final_evaluation
+
+    preset = load_preset(settings.preset).FINAL_AIS
+    final = {"num_temps": settings.ais_temps or preset["num_temps"], "points": settings.ais_points or preset["points"],
+             "num_chains": preset["num_chains"]}
+    top = sorted(finished, key=lambda r: r.metrics["log_likelihood"], reverse=True)[: settings.final_ais]
+    print(f"test set ({final['points']} images; IS bound and AIS with {final['num_temps']} temperatures, "
+          f"{final['num_chains']} chains) for the best {len(top)} trial(s) by validation:", flush=True)
+    runs = {int(r.data.tags[tracking.TRIAL_NUMBER]): r.info.run_id for r in tracking.trial_runs(
+        recorder.client, recorder.settings.experiment_id, recorder.settings.parent_run_id)}
+    scores = final_evaluation(top, final, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+                              recorder.client, runs)
+    for number, s in scores.items():
+        m = s["metrics"]
+        print(f"  trial {number}: test_log_likelihood {m['test_log_likelihood']:.3f} "
+              f"± {m['test_log_likelihood_se']:.3f},  test_ais_log_likelihood {m['test_ais_log_likelihood']:.3f} "
+              f"± {m['test_ais_log_likelihood_se']:.3f} (± over images; Monte Carlo ± "
+              f"{m['test_ais_log_likelihood_mc_se']:.3f})")
+    if scores:
+        best_ais = max(s["metrics"]["test_ais_log_likelihood"] for s in scores.values())
+        recorder.client.log_metric(recorder.settings.parent_run_id, "best_test_ais_log_likelihood", best_ais)
+
+
+def summarize(settings: StudySettings, results, recorder) -> int:
+    """Print the summary, record it on the parent run; exit code 1 when a trial crashed."""
+    client, parent = recorder.client, recorder.settings.parent_run_id
+    fates = {id(r): result_fate(r, settings.iterations) for r in results}
+    counts = Counter(fates.values())
+    print(f"\n=== study {settings.study_name}: " + ", ".join(f"{counts[f]} {f.value}" for f in Fate if counts[f])
+          + " ===")
+    finished = [r for r in results if fates[id(r)] is Fate.FINISHED]
+    if finished:
+        best = max(finished, key=lambda r: r.metrics["log_likelihood"])
+        print_best(best, load_preset(settings.preset).PAPER)
+        client.log_metric(parent, "best_log_likelihood", best.metrics["log_likelihood"])
+        client.set_tag(parent, "best_trial_number", str(best.config.get(tracking.TRIAL_NUMBER)))
+        if getattr(load_preset(settings.preset), "FINAL_AIS", None) and settings.final_ais > 0:
+            print_final_evaluation(settings, finished, recorder)
     else:
-        print("no trial reached full fidelity: nothing to call best")
-    for r in errored:
-        print(f"ERROR in trial {r.metrics.get('trial_id', r.path)}: {str(r.error).strip().splitlines()[-1]}")
-    print(f"Ray results: {args.storage_path}/{args.study_name}")
-    print(f"Optuna:      optuna-dashboard {args.optuna_storage}   (study {args.study_name})")
-    print(f"MLflow:      experiment {args.study_name};  {ui_command(args.tracking_uri)}")
-    client.set_terminated(parent_run_id, status="FAILED" if errored else "FINISHED")
-    return 1 if errored else 0
+        print("no trial ran the full budget: nothing to call best")
+    crashed = [r for r in results if fates[id(r)] is Fate.CRASHED]
+    for r in crashed:
+        trial_id = Path(r.path).name.split("_")[1] if r.path else ""
+        number = (r.config or {}).get(tracking.TRIAL_NUMBER, recorder.numbers.get(trial_id, "?"))
+        print(f"CRASHED trial {number}: {tracking.one_line(str(r.error), 300)}")
+    print(f"Ray results: {settings.storage_path}/{settings.study_name}")
+    print(f"Optuna:      optuna-dashboard {masked(settings.optuna_storage)}   (study {settings.study_name})")
+    print(f"MLflow:      {ui_hint(settings, recorder.settings.experiment_id)}")
+    client.set_terminated(parent, status="FAILED" if crashed else "FINISHED")
+    return 1 if crashed else 0

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from avb import checkpoint
+from avb.checkpoint import CheckpointError
 from avb.data import load_dataset
-from avb.train import Trainer
+from avb.fit import fit
+from avb.train import DivergedError, Trainer
 
 
 def run(trainer, data, steps):
@@ -53,4 +55,59 @@ def test_checkpoint_from_another_config_is_refused(tiny, tmp_path):
     path = checkpoint.save(Trainer(tiny, data.x_shape), tmp_path / "trainer.pt")
     other = Trainer(tiny.replace(lr=0.5), data.x_shape)
     with pytest.raises(ValueError, match="different config"):
-        other.load_state_dict(torch.load(path, weights_only=False))
+        other.load_state_dict(torch.load(path, weights_only=True))
+
+
+def test_checkpoints_load_with_weights_only(tiny, tmp_path):
+    data = load_dataset(tiny, "cpu")
+    path = checkpoint.save(run(Trainer(tiny, data.x_shape), data, 2), tmp_path / "trainer.pt",
+                           metrics={"log_likelihood": -1.5}, best=-1.5)
+    state = torch.load(path, weights_only=True)  # tensors and plain values only
+    assert state["step"] == 2 and checkpoint.extra(path) == {"metrics": {"log_likelihood": -1.5}, "best": -1.5}
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "truncated", "random", "foreign", "pickled code"])
+def test_unusable_checkpoints_raise_one_line(tiny, tmp_path, kind):
+    data = load_dataset(tiny, "cpu")
+    good = checkpoint.save(Trainer(tiny, data.x_shape), tmp_path / "good.pt")
+    path = tmp_path / "trainer.pt"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[:3000])
+    elif kind == "random":
+        path.write_bytes(torch.randint(0, 256, (5000,), dtype=torch.uint8).numpy().tobytes())
+    elif kind == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "pickled code":
+        torch.save({"f": print}, path)
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.load(path)
+    assert isinstance(err.value, ValueError)
+    assert len(str(err.value).splitlines()) == 1 and str(path) in str(err.value)
+
+
+def test_fit_logs_checkpoints_and_matches_plain_steps(tiny, tmp_path):
+    data = load_dataset(tiny, "cpu")
+    plain = run(Trainer(tiny, data.x_shape), data, 25)
+    logged = []
+    trainer = Trainer(tiny, data.x_shape)
+    last = fit(trainer, data, 25, log_every=10, on_log=lambda s, m, r: logged.append((s, m, r)),
+               checkpoint_every=20, checkpoint_path=tmp_path / "trainer.pt")
+    assert [s for s, _, _ in logged] == [10, 20, 25] and all(r > 0 for _, _, r in logged)
+    assert last == logged[-1][1] and set(last) == {"loss_primal", "loss_adversary", "train_reconstruction",
+                                                   "train_kl"}
+    assert checkpoint.load(tmp_path / "trainer.pt").step_count == 20
+    for a, b in zip(plain.models.state_dict().values(), trainer.models.state_dict().values()):
+        assert torch.equal(a, b)
+    assert fit(trainer, data, 25) == {}  # already there: nothing to do
+
+
+def test_fit_raises_on_divergence(tiny):
+    data = load_dataset(tiny, "cpu")
+    trainer = Trainer(tiny, data.x_shape)
+    with torch.no_grad():
+        for p in trainer.models.decoder.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(DivergedError):
+        fit(trainer, data, 5, log_every=5)

@@ -14,11 +14,15 @@ therefore checked separately against botocore's offline EC2 RunInstances model.
 from __future__ import annotations
 
 import copy
+import json
+import os
 import re
 import shlex
 import shutil
 import socket
 import subprocess
+import time
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -37,6 +41,8 @@ COMMAND_LISTS = (
     "head_start_ray_commands",
     "worker_start_ray_commands",
 )
+# What a user puts at the CHANGE-ME database URL (setup_commands): a server, no database name.
+USER_DB = "postgresql+psycopg://avb:Secret42@avb-db.abc123.us-west-2.rds.amazonaws.com:5432"
 
 
 @pytest.fixture
@@ -74,6 +80,38 @@ def the_command(config: dict, key: str, needle: str) -> str:
     found = [c for c in commands(config, key) if needle in c]
     assert len(found) == 1, f"expected exactly one {key} entry containing {needle!r}, got {found}"
     return found[0]
+
+
+def env_setup_command(config: dict, db_url: str | None = USER_DB) -> str:
+    """setup_commands' step that writes ~/.avb-env.sh; with db_url, edited as
+    the user edits it (the CHANGE-ME URL replaced), else as shipped."""
+    cmd = the_command(config, "setup_commands", ".avb-env.sh")
+    if db_url is None:
+        return cmd
+    edited, n = re.subn(r"AVB_DB='[^']*'", f"AVB_DB='{db_url}'", cmd)
+    assert n == 1, cmd
+    return edited
+
+
+def bash(cmd: str, home: Path, **env) -> subprocess.CompletedProcess:
+    """Run cmd in bash with HOME=home (a stand-in for a node's home) and nothing else inherited."""
+    path = env.pop("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
+    return subprocess.run(["bash", "-c", cmd], env={"HOME": str(home), "PATH": path, **env}, capture_output=True,
+                          text=True, timeout=60)
+
+
+def node_env(config: dict, home: Path, db_url: str = USER_DB) -> dict[str, str]:
+    """The environment a node's shells get from ~/.avb-env.sh after `ray up`."""
+    setup = bash(env_setup_command(config, db_url), home)
+    assert setup.returncode == 0, setup.stderr
+    out = bash('source "$HOME/.avb-env.sh" && env -0', home)
+    assert out.returncode == 0, out.stderr
+    return dict(item.split("=", 1) for item in out.stdout.split("\0") if "=" in item)
+
+
+def expand(arg: str, env: dict[str, str]) -> str:
+    """$NAME / ${NAME} as the node's shell expands them (unknown names: left as they are)."""
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), arg)
 
 
 def cli_args_after(command: str, prefix: str) -> list[str]:
@@ -237,18 +275,23 @@ def test_head_starts_ray_head_with_autoscaler(cfg):
     assert ctx.params["autoscaling_config"] == "~/ray_bootstrap_config.yaml"
 
 
-def test_head_starts_an_mlflow_tracking_server(cfg):
+def test_head_starts_an_mlflow_tracking_server(cfg, tmp_path):
     from mlflow.cli import cli as mlflow_cli
+    from sqlalchemy.engine import make_url
 
     cmd = the_command(cfg, "head_start_ray_commands", "mlflow server")
+    env = node_env(cfg, tmp_path)
     # Parse the options with mlflow's own CLI: a misspelled flag raises here.
-    ctx = mlflow_cli.commands["server"].make_context("server", cli_args_after(cmd, "mlflow server"))
+    args = [expand(a, env) for a in cli_args_after(cmd, "mlflow server")]
+    ctx = mlflow_cli.commands["server"].make_context("server", args)
     p = ctx.params
     assert p["host"] == "0.0.0.0"  # reachable from the workers (inside the VPC)
     assert int(p["port"]) == 5000
-    store = p["backend_store_uri"]
-    assert store.startswith("sqlite:///")
-    assert store[len("sqlite:///") :].startswith(("/", "$HOME/")), "SQLite path must be absolute"
+    # Runs in the PostgreSQL database "mlflow" the user named, outside the head.
+    store = make_url(p["backend_store_uri"])
+    assert store.drivername == "postgresql+psycopg"
+    assert store.database == "mlflow"
+    assert store.host == make_url(USER_DB).host
     assert p["serve_artifacts"] is True
     assert str(p["artifacts_destination"]).startswith("s3://")
     # MLflow 3's host-header check stays on.
@@ -257,6 +300,89 @@ def test_head_starts_an_mlflow_tracking_server(cfg):
     # Detached from the SSH session that `ray up` uses, output kept in a log.
     assert "nohup" in cmd and re.search(r"&\s*(fi|$)", cmd)
     assert "> ~/mlflow/server.log" in cmd
+
+
+def test_head_mlflow_command_runs_the_server_on_the_users_database(cfg, tmp_path):
+    """The head's command as bash runs it, with stand-ins for `mlflow` and `curl`:
+    the server gets the database URL from ~/.avb-env.sh, and an empty URL (which
+    MLflow would silently replace by SQLite on the head's disk) stops `ray up`."""
+    cmd = the_command(cfg, "head_start_ray_commands", "mlflow server")
+    env = node_env(cfg, tmp_path)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    # Writes its arguments, one a line, then renames: the file appears complete.
+    (fake / "mlflow").write_text(
+        '#!/bin/sh\nprintf "%s\\n" "$@" > "$HOME/args.tmp" && mv "$HOME/args.tmp" "$HOME/mlflow-args"\n')
+    # No server answers the first check; the final wait (--retry) succeeds.
+    (fake / "curl").write_text('#!/bin/sh\ncase "$*" in *--retry*) exit 0;; *) exit 7;; esac\n')
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    path = f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+
+    empty = bash(cmd, tmp_path, PATH=path, AVB_MLFLOW_BACKEND_STORE_URI="")
+    assert empty.returncode != 0 and "AVB_MLFLOW_BACKEND_STORE_URI is empty" in empty.stderr
+    assert not (tmp_path / "mlflow-args").exists()
+
+    ok = bash(cmd, tmp_path, PATH=path, AVB_MLFLOW_BACKEND_STORE_URI=env["AVB_MLFLOW_BACKEND_STORE_URI"])
+    assert ok.returncode == 0, ok.stderr
+    args_file = tmp_path / "mlflow-args"
+    deadline = time.monotonic() + 10  # the server is started in the background
+    while not args_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    args = args_file.read_text().splitlines()
+    assert args[args.index("--backend-store-uri") + 1] == f"{USER_DB}/mlflow"
+    assert args[args.index("--artifacts-destination") + 1].startswith("s3://")
+
+
+def test_setup_refuses_the_placeholder_database_url(cfg, tmp_path):
+    result = bash(env_setup_command(cfg, db_url=None), tmp_path)
+    assert result.returncode != 0
+    assert "CHANGE-ME" in result.stderr and "docs/cluster.md" in result.stderr
+    assert not (tmp_path / ".avb-env.sh").exists()
+
+
+def test_every_node_gets_the_stores_and_a_data_root(cfg, tmp_path):
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    env = node_env(cfg, tmp_path)
+    assert env["AVB_HOME"] == f"{tmp_path}/avb"
+    assert env["AVB_DATA_ROOT"] == f"{tmp_path}/avb-data" and (tmp_path / "avb-data").is_dir()
+    optuna_url, mlflow_url = make_url(env["AVB_OPTUNA_STORAGE"]), make_url(env["AVB_MLFLOW_BACKEND_STORE_URI"])
+    user = make_url(USER_DB)
+    for url in (optuna_url, mlflow_url):
+        assert url.drivername == "postgresql+psycopg"
+        assert (url.host, url.port, url.username, url.password) == (user.host, user.port, user.username, user.password)
+    # Two databases on one server: MLflow and Optuna each keep an alembic_version table.
+    assert (optuna_url.database, mlflow_url.database) == ("optuna", "mlflow")
+    # The driver named in the URLs is installed (requirements.txt); no connection is made.
+    create_engine(env["AVB_OPTUNA_STORAGE"]).dispose()
+    # The file holds a password: readable by its owner only.
+    assert (tmp_path / ".avb-env.sh").stat().st_mode & 0o077 == 0
+
+    # Every later shell (hence `ray start`, trials, the driver) sources it with the venv ...
+    bashrc = (tmp_path / ".bashrc").read_text()
+    assert "source ~/venv/bin/activate; source ~/.avb-env.sh" in bashrc
+    # ... and a later `ray up` with another URL rewrites it, without a second .bashrc line.
+    other = "postgresql+psycopg://avb:Other7@10.0.3.4:5432"
+    assert node_env(cfg, tmp_path, db_url=other)["AVB_OPTUNA_STORAGE"] == f"{other}/optuna"
+    assert (tmp_path / ".bashrc").read_text() == bashrc
+
+
+def test_no_sqlite_in_the_cluster_path(cfg):
+    """Comments aside, nothing in the file may point a store at SQLite."""
+    assert "sqlite" not in json.dumps(cfg).lower()
+
+
+def test_git_metadata_is_synced_for_the_code_version(cfg):
+    """The driver on the head reads the commit from ~/avb/.git."""
+    excluded = [p for p in cfg.get("rsync_exclude") or [] if fnmatch(".git", p) or fnmatch(".git/HEAD", p)]
+    assert not excluded, f"rsync_exclude drops .git: {excluded}"
+    for name in cfg.get("rsync_filter") or []:  # dir-merge filters: .gitignore files
+        ignore = ROOT / name
+        if ignore.is_file():
+            lines = {line.strip().rstrip("/") for line in ignore.read_text().splitlines()}
+            assert not lines & {".git", "/.git", ".git*"}, f"{name} would keep .git off the nodes"
 
 
 def test_trials_get_a_reachable_mlflow_uri(cfg):

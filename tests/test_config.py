@@ -17,6 +17,10 @@ from avb.config import Config, ConfigError
         ({"adversary_loss": "wasserstein"}, "adversary_loss"),
         ({"batch_size": "512"}, "batch_size"),
         ({"dataset": "cifar"}, "dataset"),
+        ({"basis_hidden": 0}, "basis_hidden"),
+        ({"basis_depth": 0}, "basis_depth"),
+        ({"split_seed": -1}, "split_seed"),
+        ({"encoder": "basis", "batch_size": 1}, "batch_size"),
     ],
 )
 def test_invalid_values_name_the_field(changes, field):

@@ -1,6 +1,7 @@
 """Every command in the README runs in its smoke mode, and bad input gets one line and a non-zero exit."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -18,7 +19,9 @@ def test_one_configuration_trains_writes_and_resumes(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "step      20/40" in out.stdout and "it/s" in out.stdout  # progress while it trains
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert set(metrics) == {"log_likelihood", "log_likelihood_se", "reconstruction_error", "elbo", "kl_qz_pz"}
+    assert set(metrics) == {"log_likelihood", "log_likelihood_se", "log_likelihood_mc_se", "reconstruction_error",
+                            "adversary_elbo", "kl_qz_pz"}
+    assert "parameters: encoder" in out.stdout
     assert (tmp_path / "run" / "latent.png").stat().st_size > 5000
     resumed = run(["-m", "avb", "--steps", "60", "--log-every", "20", "--resume", "--out", str(tmp_path / "run")],
                   tmp_path)
@@ -33,19 +36,68 @@ def test_bad_flag_value_is_one_line(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_bad_output_and_resume_are_one_line_before_training(tmp_path):
+    (tmp_path / "a_file").write_text("keep me")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "trainer.pt").write_bytes(b"\x00garbage" * 100)
+    cases = {
+        ("--out", str(tmp_path / "a_file")): "is an existing file",
+        ("--out", str(tmp_path / "a_file" / "sub")): "cannot be created",
+        ("--resume", "--out", str(tmp_path / "none")): "no checkpoint at",
+        ("--resume", "--out", str(tmp_path / "bad")): "not a readable checkpoint",
+    }
+    for args, message in cases.items():
+        out = run(["-m", "avb", *TINY, "--steps", "5", *args], tmp_path)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
+        assert "step " not in out.stdout  # nothing trained
+    assert (tmp_path / "a_file").read_text() == "keep me" and not (tmp_path / "none").exists()
+
+
+def test_folder_with_a_broken_image_is_one_line(tmp_path):
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    out = run(["-m", "avb", "--dataset", "folder", "--data-root", str(tmp_path), "--arch", "conv", "--steps", "1",
+               "--out", str(tmp_path / "run")], tmp_path)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "broken.png" in out.stderr
+
+
 def test_help_of_every_entry_point_states_defaults(tmp_path):
     for args in (["-m", "avb"], [str(ROOT / "study" / "run.py")], [str(ROOT / "benchmarks" / "speed.py")],
-                 [str(ROOT / "benchmarks" / "reproduce_table1.py")]):
+                 [str(ROOT / "benchmarks" / "reproduce_table1.py")], [str(ROOT / "benchmarks" / "posterior.py")],
+                 [str(ROOT / "benchmarks" / "images.py")]):
         out = run([*args, "--help"], tmp_path)
         assert out.returncode == 0 and "default" in out.stdout, args
 
 
 def test_reproduction_smoke_run_writes_table_and_pictures(tmp_path):
-    out = run([str(ROOT / "benchmarks" / "reproduce_table1.py"), "--steps", "30", "--out", str(tmp_path)], tmp_path)
+    out = run([str(ROOT / "benchmarks" / "reproduce_table1.py"), "--smoke", "--out", str(tmp_path),
+               "--runs", str(tmp_path / "runs")], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     table = (tmp_path / "table1.md").read_text()
-    assert "| log-likelihood | -1.593 |" in table and "Targets:" in table
+    assert "| log-likelihood | -1.593 |" in table and "Targets:" in table and "not a bound" in table
+    assert "| the same, per pixel (/4) |" in table and "| seed 1 |" in table
     assert {p.name for p in tmp_path.glob("latent_*.png")} == {"latent_vae.png", "latent_avb.png", "latent_avb_ac.png"}
+    assert (tmp_path / "runs" / "avb_ac" / "trainer.pt").exists()
+
+    # the exact-posterior check reuses those checkpoints only when their config matches (here: 30 steps)
+    post = run([str(ROOT / "benchmarks" / "posterior.py"), "--smoke", "--out", str(tmp_path),
+                "--runs", str(tmp_path / "runs")], tmp_path)
+    assert post.returncode == 0, post.stderr[-2000:]
+    doc = (tmp_path / "posterior.md").read_text()
+    assert doc.count("loaded ") == 3 and "sampling floor" in doc and "| AVB+AC |" in doc
+    assert (tmp_path / "posterior.png").stat().st_size > 5000
+
+
+def test_image_benchmark_smoke_run(tmp_path):
+    out = run([str(ROOT / "benchmarks" / "images.py"), "--smoke", "--out", str(tmp_path), "--runs",
+               str(tmp_path / "runs")], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = (tmp_path / "images.md").read_text()
+    assert re.search(r"^AVB\+AC - VAE: -?\d+\.\d+ ± \d+\.\d+ nats$", doc, re.M), doc
+    assert (tmp_path / "images.png").stat().st_size > 5000 and len(list(tmp_path.glob("images_samples_*.png"))) == 3
 
 
 def test_speed_benchmark_smoke_run(tmp_path):

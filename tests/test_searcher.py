@@ -1,51 +1,157 @@
-"""Trials ASHA stopped early must not count as full-fidelity results in Optuna."""
+"""The searcher records each trial's fate truthfully in Optuna (no Ray needed: it is driven as Tune drives it)."""
+
+import math
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from search_spaces import load_preset
-from study.searcher import FidelityAwareOptunaSearch
+from study.searcher import NUMBER_KEY, DivergenceAwareTPE, StudySearch
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-def test_early_stopped_diverged_and_full_trials_get_their_own_states():
-    storage = optuna.storages.InMemoryStorage()
-    searcher = FidelityAwareOptunaSearch(load_preset("synthetic").space, metric="log_likelihood", mode="max",
-                                         sampler=optuna.samplers.TPESampler(seed=0), study_name="s",
-                                         storage=storage, full_iterations=4)
-    for trial_id in ("early", "full", "diverged", "crashed"):
-        assert "lr" in searcher.suggest(trial_id)
-        searcher.on_trial_result(trial_id, {"log_likelihood": -2.0, "training_iteration": 1})
-    searcher.on_trial_complete("early", {"log_likelihood": -1.40, "training_iteration": 2})  # better, but low fidelity
-    searcher.on_trial_complete("full", {"log_likelihood": -1.45, "training_iteration": 4})
-    searcher.on_trial_complete("diverged", {"log_likelihood": float("-inf"), "training_iteration": 3,
-                                            "diverged": True})
-    searcher.on_trial_complete("crashed", None, error=True)
+def searcher(storage=None, full_iterations=4, fixed=None, space=None, sampler=None, name="s"):
+    return StudySearch(space or load_preset("synthetic").space, metric="log_likelihood", mode="max",
+                       sampler=sampler or optuna.samplers.TPESampler(seed=0), study_name=name,
+                       storage=storage or optuna.storages.InMemoryStorage(), full_iterations=full_iterations,
+                       fixed=fixed)
 
-    study = optuna.load_study(study_name="s", storage=storage)
-    states = {t.user_attrs["tune_trial_id"]: t.state for t in study.trials}
-    assert states == {"early": TrialState.PRUNED, "full": TrialState.COMPLETE, "diverged": TrialState.FAIL,
-                      "crashed": TrialState.FAIL}
+
+def result(value, iteration, **extra):
+    return {"log_likelihood": value, "training_iteration": iteration, **extra}
+
+
+def test_each_fate_gets_its_state_and_every_iteration_is_an_intermediate_value():
+    s = searcher()
+    for trial_id in ("full", "early", "first-rung", "diverged", "crashed"):
+        assert "lr" in s.suggest(trial_id)
+    for trial_id in ("full", "early"):
+        s.on_trial_result(trial_id, result(-2.0, 1))
+    s.on_trial_result("full", result(-1.6, 2))
+    s.on_trial_result("full", result(-1.5, 3))
+    # Tune hands a trial's last result to on_trial_complete only
+    s.on_trial_complete("full", result(-1.45, 4))
+    s.on_trial_complete("early", result(-1.40, 2))  # ASHA stopped it: better, but low fidelity
+    s.on_trial_complete("first-rung", result(-1.9, 1))  # stopped at the first rung: no on_trial_result at all
+    s.on_trial_result("diverged", result(-2.5, 1))
+    s.on_trial_complete("diverged", result(-math.inf, 2, diverged=True))
+    s.on_trial_complete("crashed", None, error=True)
+
+    study = s._ot_study
+    trials = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    assert {k: t.state for k, t in trials.items()} == {
+        "full": TrialState.COMPLETE, "early": TrialState.PRUNED, "first-rung": TrialState.PRUNED,
+        "diverged": TrialState.FAIL, "crashed": TrialState.FAIL}
+    assert trials["full"].intermediate_values == {1: -2.0, 2: -1.6, 3: -1.5, 4: -1.45}
+    assert trials["full"].value == -1.45
+    assert trials["early"].value == -1.40 and trials["early"].intermediate_values == {1: -2.0, 2: -1.40}
+    assert trials["first-rung"].value == -1.9  # PRUNED with its last value
+    assert trials["diverged"].intermediate_values == {1: -2.5}  # the non-finite value is never reported
+    assert {k: t.user_attrs["fate"] for k, t in trials.items()} == {
+        "full": "finished", "early": "stopped_early", "first-rung": "stopped_early", "diverged": "diverged",
+        "crashed": "crashed"}
     assert study.best_trial.user_attrs["tune_trial_id"] == "full"
-    assert study.best_trial.user_attrs["full_fidelity"] is True
-    assert study.trials[0].intermediate_values == {1: -2.0}
+    assert study.metric_names == ["log_likelihood"]
+
+
+def test_config_carries_the_optuna_trial_number():
+    s = searcher()
+    numbers = [s.suggest(f"t{i}")[NUMBER_KEY] for i in range(3)]
+    assert numbers == [0, 1, 2]
+
+
+def test_fixed_fields_are_recorded_as_fixed_never_as_sampled():
+    s = searcher(fixed={"adv_hidden": 8, "objective": "avb"})
+    configs = [s.suggest(f"t{i}") for i in range(6)]
+    assert all(c["adv_hidden"] == 8 and c["objective"] == "avb" for c in configs)  # what the trial runs
+    for t in s._ot_study.trials:
+        assert "adv_hidden" not in t.params and "objective" not in t.params  # never a sampled value
+        assert "adv_hidden" not in t.distributions
+        assert t.user_attrs["fixed"] == {"adv_hidden": 8, "objective": "avb"}
+    assert len({c["lr"] for c in configs}) > 1  # the rest is still searched
 
 
 def test_replayed_trial_after_a_killed_driver_leaves_optuna_alone(tmp_path):
     """Tune may restore a searcher state older than the storage and replay a trial Optuna already closed."""
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
-    searcher = FidelityAwareOptunaSearch(load_preset("synthetic").space, metric="log_likelihood", mode="max",
-                                         sampler=optuna.samplers.TPESampler(seed=0), study_name="s",
-                                         storage=storage, full_iterations=2)
-    searcher.suggest("a")
-    searcher.on_trial_result("a", {"log_likelihood": -2.0, "training_iteration": 1})
-    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot before the kill
-    searcher.on_trial_complete("a", {"log_likelihood": -1.5, "training_iteration": 2})
+    s = searcher(storage, full_iterations=2)
+    s.suggest("a")
+    s.on_trial_result("a", result(-2.0, 1))
+    s.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot before the kill
+    s.on_trial_complete("a", result(-1.5, 2))
 
-    restored = FidelityAwareOptunaSearch(load_preset("synthetic").space, metric="log_likelihood", mode="max",
-                                         sampler=optuna.samplers.TPESampler(seed=0), study_name="s",
-                                         storage=storage, full_iterations=2)
+    restored = searcher(storage, full_iterations=2)
     restored.restore(str(tmp_path / "searcher.pkl"))
-    restored.on_trial_result("a", {"log_likelihood": -1.6, "training_iteration": 2})  # replayed: no error
-    restored.on_trial_complete("a", {"log_likelihood": -1.4, "training_iteration": 2})
+    restored.on_trial_result("a", result(-1.6, 2))  # replayed: no error, nothing changed
+    restored.on_trial_complete("a", result(-1.4, 2))
     (trial,) = optuna.load_study(study_name="s", storage=storage).trials
     assert trial.state == TrialState.COMPLETE and trial.value == -1.5
+
+
+def test_trial_asked_after_the_snapshot_is_handed_out_again(tmp_path):
+    """An Optuna trial asked for after Tune's last snapshot is RUNNING and unknown to the restored searcher:
+    it is reused for the next suggestion, so the study keeps one Optuna trial per Tune trial."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    s = searcher(storage, full_iterations=1, sampler=optuna.samplers.RandomSampler(seed=1))
+    s.suggest("a")
+    s.save(str(tmp_path / "searcher.pkl"))
+    orphan = s.suggest("b")  # asked for, then the driver is killed
+
+    restored = searcher(storage, full_iterations=1)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    again = restored.suggest("c")
+    assert again == orphan and again[NUMBER_KEY] == 1
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 2
+    assert restored.suggest("d")[NUMBER_KEY] == 2  # then new trials as usual
+
+
+def test_restored_searcher_talks_to_the_storage_it_is_given(tmp_path):
+    """--resume from a copy of a study must write to the copy, not to the storage pickled with the searcher."""
+    import shutil
+
+    original = tmp_path / "original.db"
+    s = searcher(optuna.storages.RDBStorage(f"sqlite:///{original}"), full_iterations=1)
+    s.suggest("a")
+    s.save(str(tmp_path / "searcher.pkl"))
+    shutil.copy(original, tmp_path / "copy.db")
+    before = original.read_bytes()
+
+    restored = searcher(optuna.storages.RDBStorage(f"sqlite:///{original}"), full_iterations=1)
+    restored.rebind(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'copy.db'}"))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_complete("a", result(-1.5, 1))
+    assert original.read_bytes() == before
+    (trial,) = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'copy.db'}").trials
+    assert trial.state == TrialState.COMPLETE
+
+
+def toy_space(trial):
+    trial.suggest_float("x", 0, 1)
+    trial.suggest_float("y", 0, 1)
+
+
+def proposals_in_diverging_region(sampler_class, seed: int, n: int = 60) -> int:
+    """A toy study where x > 0.6 always diverges and the optimum is at (0.3, 0.5): how many of the
+    sampler's model-based proposals (after 10 random ones) land where it diverges."""
+    s = searcher(space=toy_space, full_iterations=1, sampler=sampler_class(seed=seed, n_startup_trials=10))
+    bad = 0
+    for i in range(n):
+        config = s.suggest(f"t{i}")
+        x, y = config["x"], config["y"]
+        if x > 0.6:
+            bad += i >= 10
+            s.on_trial_complete(f"t{i}", result(-math.inf, 1, diverged=True))
+        else:
+            s.on_trial_complete(f"t{i}", result(-(x - 0.3) ** 2 - (y - 0.5) ** 2, 1))
+    return bad
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_diverged_trials_steer_tpe_away_from_their_region(seed):
+    """Optuna's TPE ignores FAIL trials; DivergenceAwareTPE counts diverged ones as bad observations."""
+    plain = proposals_in_diverging_region(optuna.samplers.TPESampler, seed)
+    aware = proposals_in_diverging_region(DivergenceAwareTPE, seed)
+    assert aware * 3 < plain, (aware, plain)
+    assert aware <= 10  # of 50 proposals; random search would put 20 there

@@ -1,17 +1,24 @@
-"""Ray Tune trainable around the AVB training loop.
+"""Ray Tune trainable around the AVB training loop (`avb.fit.fit`).
 
-One Tune iteration = `steps_per_iteration` training steps, then an evaluation.
-Each iteration reports the method's metrics (names from `avb.train.TRAIN_METRICS`
-and `avb.evaluate.EVAL_METRICS`) plus throughput, logs them to the trial's own
-nested MLflow run, and Tune checkpoints the complete trainer state through
-`save_checkpoint` / `load_checkpoint`.
+One Tune iteration = `steps_per_iteration` training steps, then an evaluation on
+the VALIDATION split (the test split is only read by the study's final
+evaluation). Each iteration reports the method's metrics (names from
+`avb.train.TRAIN_METRICS` and `avb.evaluate.EVAL_METRICS`) plus throughput,
+logs them to the trial's nested MLflow run in one batch, and asks Tune for a
+checkpoint when the weights are finite (`should_checkpoint`); Tune keeps the
+best N by validation log-likelihood and the latest. Pictures of the model are
+redrawn at every improvement, at the run's top level where MLflow's compare
+view shows them; drawing never stops a trial.
 
 A trial whose loss goes non-finite reports `diverged=True` with
-`log_likelihood=-inf` and stops; any other exception is a bug and propagates.
+`log_likelihood=-inf` and stops; any other exception is a bug and propagates
+(Tune retries it up to --max-failures, then the driver records it as crashed).
+The driver (study.recorder) closes the run with the trial's fate.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -28,10 +35,12 @@ from avb.config import Config
 from avb.data import load_dataset
 from avb.evaluate import evaluate
 from avb.figures import save_pictures
-from avb.train import DivergedError, Trainer
+from avb.fit import fit
+from avb.train import DivergedError, Trainer, weights_finite
 from search_spaces import load_preset
+from trainables import tracking
 
-THROUGHPUT_METRICS = ("steps_per_s", "examples_per_s")
+NUMBER_KEY = tracking.TRIAL_NUMBER  # added to each trial's config by study.searcher: the study's trial number
 
 
 @dataclass
@@ -41,75 +50,106 @@ class TrialSettings:
     preset: str
     iterations: int
     steps_per_iteration: int
-    tracking_uri: str
+    tracking_uri: str  # as seen from the trials' nodes
     experiment_id: str
     parent_run_id: str
     study_name: str
-    code_version: str = "unknown"
-    overrides: dict = field(default_factory=dict)  # Config fields fixed for the whole study
+    overrides: dict = field(default_factory=dict)  # Config fields fixed for the whole study (--set)
+    run_tags: dict = field(default_factory=dict)  # study, preset, code version, MLflow's source/user tags
 
 
 def trial_config(settings: TrialSettings, params: dict) -> Config:
-    """The run's Config: preset base, then the sampled parameters, then the study's fixed overrides."""
-    values = {**params, **settings.overrides, "steps": settings.iterations * settings.steps_per_iteration}
+    """The run's Config: preset base, then the searched values, then the study's fixed fields."""
+    values = {k: v for k, v in params.items() if k != NUMBER_KEY}
+    values |= {**settings.overrides, "steps": settings.iterations * settings.steps_per_iteration}
     return load_preset(settings.preset).BASE.replace(**values)
 
 
-def pick_device() -> torch.device:
-    """The GPU Ray assigned to this trial (CUDA_VISIBLE_DEVICES is set by Ray), else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def searched_and_config(params: dict, settings: TrialSettings) -> tuple[dict, Config, list[str]]:
+    """(the values the search chose, the run's Config, the names fixed with --set)."""
+    fixed = sorted(settings.overrides)
+    searched = {k: v for k, v in params.items() if k != NUMBER_KEY and k not in settings.overrides}
+    return searched, trial_config(settings, params), fixed
+
+
+def cuda_problem() -> str:
+    """Why CUDA cannot be used although a GPU was assigned ('' when it can)."""
+    if torch.cuda.is_available():
+        return ""
+    if torch.version.cuda is None:
+        return "this torch is a CPU-only build; install the CUDA build (pip install torch) on the GPU nodes"
+    return (f"torch {torch.__version__} is built for CUDA {torch.version.cuda} but cannot use this GPU, usually an "
+            "NVIDIA driver older than that CUDA version (nvidia-smi shows the driver's); update the driver or "
+            "install a torch build for an older CUDA")
+
+
+def pick_device(wanted: str = "auto") -> torch.device:
+    """Exactly the GPU Ray assigned to this trial (Ray 2.60 no longer hides GPUs from actors that asked for
+    none), else the CPU; a GPU assigned but unusable is an error, never a silent CPU run. `wanted` is the
+    Config's device: "cpu" stays on the CPU, "cuda" insists on an assigned GPU."""
+    import ray
+
+    if wanted == "cpu":
+        return torch.device("cpu")
+    if not (ray.is_initialized() and ray.get_gpu_ids()):
+        if wanted == "cuda":
+            raise RuntimeError("device='cuda' but Ray assigned this trial no GPU; pass --gpus-per-trial > 0 "
+                               "(or --set device=auto)")
+        return torch.device("cpu")
+    problem = cuda_problem()
+    if problem:
+        raise RuntimeError(f"Ray assigned GPU(s) {ray.get_gpu_ids()} to this trial, but {problem}")
+    return torch.device("cuda")  # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s)
 
 
 class AVBTrainable(tune.Trainable):
     def setup(self, config: dict, settings: TrialSettings) -> None:
+        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
         self.settings = settings
-        self.cfg = trial_config(settings, config)
-        self.device = pick_device()
+        self.client = mlflow.MlflowClient(settings.tracking_uri)
+        searched, self.cfg, fixed = searched_and_config(config, settings)
+        # the run first: a crash in the set-up below is then on record
+        self.run_id = self._find_or_create_run(config[NUMBER_KEY], searched, fixed)
+        self.device = pick_device(self.cfg.device)
         self.data = load_dataset(self.cfg, self.device)
-        self.eval_x = self.data.eval_batch(self.cfg.eval_points)
+        sizes = [Param(f"split.{name}", str(n)) for name, n in self.data.sizes.items()]  # seeded by split_seed
+        self.client.log_batch(self.run_id, params=sizes)
+        self.eval_x = self.data.eval_batch(self.cfg.eval_points, "valid")
         self.trainer = Trainer(self.cfg, self.data.x_shape, self.device)
         self.best = -math.inf
-        self.client = mlflow.MlflowClient(settings.tracking_uri)
-        self.run_id = self._find_or_create_run(config)
         # a trial replayed after a killed driver must not log the same steps twice
         history = self.client.get_metric_history(self.run_id, "log_likelihood")
         self.logged_up_to = max((m.step for m in history), default=-1)
 
-    # ------------------------------------------------------------------ MLflow
-    def _find_or_create_run(self, params: dict) -> str:
-        """One nested run per trial; a restored trial finds its run again (no duplicates on resume)."""
-        found = self.client.search_runs(
-            [self.settings.experiment_id],
-            f"tags.trial_id = '{self.trial_id}' and tags.`mlflow.parentRunId` = '{self.settings.parent_run_id}'")
-        if found:
-            self.client.update_run(found[0].info.run_id, status="RUNNING")
-            return found[0].info.run_id
-        tags = {"mlflow.parentRunId": self.settings.parent_run_id, "study": self.settings.study_name,
-                "preset": self.settings.preset, "trial_id": self.trial_id, "code_version": self.settings.code_version,
-                "searched": ",".join(sorted(params))}
-        run = self.client.create_run(self.settings.experiment_id, tags=tags, run_name=self.trial_name)
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in self.cfg.to_dict().items()])
+    def _find_or_create_run(self, number: int, searched: dict, fixed: list[str]) -> str:
+        """One nested run per trial; a resumed or retried trial finds its run again (no duplicates)."""
+        s = self.settings
+        run = tracking.find_trial_run(self.client, s.experiment_id, s.parent_run_id, number)
+        if run is None:
+            return tracking.create_trial_run(self.client, s.experiment_id, s.parent_run_id, number, self.trial_id,
+                                             self.cfg, searched, fixed, s.run_tags)
+        self.client.set_tag(run.info.run_id, tracking.TRIAL_ID, self.trial_id)
+        self.client.update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id
 
-    def _log_best(self, metrics: dict) -> None:
-        """The trial's best checkpoint and its pictures (latent space; samples for images), under best/ in MLflow."""
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint.save(self.trainer, Path(tmp) / checkpoint.FILENAME, metrics=metrics)
-            title = f"{self.trial_name} step {self.trainer.step_count}"
-            save_pictures(self.trainer, self.eval_x[:32], tmp, title=title)
-            self.client.log_artifacts(self.run_id, tmp, artifact_path="best")
+    def _draw_pictures(self) -> None:
+        """Pictures of the current (best) model at the run's top level; a failure is a tag, not a crash."""
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                title = f"trial {self.config.get(NUMBER_KEY)}, step {self.trainer.step_count}"
+                save_pictures(self.trainer, self.eval_x[:32], tmp, title=title)
+                self.client.log_artifacts(self.run_id, tmp)
+        except Exception as err:  # noqa: BLE001
+            self.client.set_tag(self.run_id, "pictures_error", tracking.one_line(f"{type(err).__name__}: {err}"))
 
     # ------------------------------------------------------------------- Tune
     def step(self) -> dict:
-        start, t0 = self.trainer.step_count, time.perf_counter()
+        t0, start = time.perf_counter(), self.trainer.step_count
         try:
-            for _ in range(self.settings.steps_per_iteration):
-                self.trainer.step(self.data.sample(self.cfg.batch_size, self.trainer.generator))
-            metrics = self.trainer.pop_metrics()  # raises DivergedError on NaN/inf
+            metrics = fit(self.trainer, self.data, start + self.settings.steps_per_iteration)
         except DivergedError as err:
-            self.client.set_tag(self.run_id, "diverged", "true")
-            self.client.set_terminated(self.run_id, status="FAILED")
-            return {"diverged": True, "log_likelihood": -math.inf, "error": str(err), "done": True}
+            return {"diverged": True, "log_likelihood": -math.inf, "diverged_error": str(err), "done": True,
+                    "training_step": self.trainer.step_count}
         seconds = time.perf_counter() - t0
         steps = self.trainer.step_count - start
         metrics |= {"steps_per_s": steps / seconds, "examples_per_s": steps * self.cfg.batch_size / seconds}
@@ -117,12 +157,14 @@ class AVBTrainable(tune.Trainable):
         metrics["fidelity"] = self.trainer.step_count / self.cfg.steps
         step = self.trainer.step_count
         if step > self.logged_up_to:
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), step)
-                                                        for k, v in metrics.items()])
-        if metrics["log_likelihood"] > self.best:
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        finite = weights_finite(self.trainer) and math.isfinite(metrics["log_likelihood"])
+        if finite and metrics["log_likelihood"] > self.best:
             self.best = metrics["log_likelihood"]
-            self._log_best(metrics)
-        return {**metrics, "diverged": False, "training_step": step, "best_log_likelihood": self.best}
+            self._draw_pictures()
+        return {**metrics, "diverged": False, "training_step": step, "best_log_likelihood": self.best,
+                "should_checkpoint": finite}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         checkpoint.save(self.trainer, Path(checkpoint_dir) / checkpoint.FILENAME, best=self.best)
@@ -131,12 +173,33 @@ class AVBTrainable(tune.Trainable):
         self.trainer, extra = checkpoint.load_with_extra(Path(checkpoint_dir) / checkpoint.FILENAME, self.device)
         self.best = extra["best"]
 
-    def cleanup(self) -> None:
-        run = self.client.get_run(self.run_id)
-        if run.info.status == "RUNNING":
-            done = self.trainer.step_count >= self.cfg.steps
-            self.client.set_tag(self.run_id, "stopped_early", str(not done).lower())
-            self.client.set_terminated(self.run_id, status="FINISHED" if done else "KILLED")
+    def restore(self, checkpoint_path) -> None:
+        """Tune's restore; when the checkpoint Tune's snapshot names is gone (Ray deleted it for --keep-checkpoints
+        after the snapshot, then the driver was killed), continue from the newest checkpoint that exists."""
+        from ray.train._internal.checkpoint_manager import _TrainingResult
+        from ray.train._internal.storage import _exists_at_fs_path
+
+        if not isinstance(checkpoint_path, _TrainingResult):
+            return super().restore(checkpoint_path)
+        ckpt = checkpoint_path.checkpoint
+        newest = ckpt if _exists_at_fs_path(ckpt.filesystem, ckpt.path) else newest_checkpoint(ckpt)
+        if newest is None or newest is ckpt:
+            return super().restore(checkpoint_path)
+        super().restore(_TrainingResult(checkpoint=newest, metrics={}))
+        self._iteration = self.trainer.step_count // self.settings.steps_per_iteration
 
 
-__all__ = ["AVBTrainable", "TrialSettings", "trial_config"]
+def newest_checkpoint(missing):
+    """The newest `checkpoint_*` folder beside a missing one (same filesystem: local or s3://), or None."""
+    from pyarrow import fs
+    from ray import tune
+
+    parent = missing.path.rstrip("/").rsplit("/", 1)[0]
+    infos = missing.filesystem.get_file_info(fs.FileSelector(parent, allow_not_found=True))
+    folders = sorted(i.path for i in infos if i.type == fs.FileType.Directory
+                     and i.base_name.startswith("checkpoint_"))
+    return tune.Checkpoint(folders[-1], filesystem=missing.filesystem) if folders else None
+
+
+__all__ = ["AVBTrainable", "NUMBER_KEY", "TrialSettings", "cuda_problem", "newest_checkpoint", "pick_device",
+           "searched_and_config", "trial_config"]

@@ -1,0 +1,318 @@
+"""The settings of a study: one typed object, from the command line, checked, with absolute paths,
+saved beside Tune's state and read back by --resume.
+
+Where a value comes from, first match wins:
+  stores (--tracking-uri, --optuna-storage): the flag; on --resume the saved value;
+      then $MLFLOW_TRACKING_URI / $AVB_OPTUNA_STORAGE; then SQLite files in --results-dir;
+  data (the `data_root` of image presets): --set data_root=...; $AVB_DATA_ROOT; ./data;
+      made absolute here, on the driver, so every trial reads exactly what was checked;
+  what defines the study (preset, budget, search, --set, ...): a new study takes the flags;
+      --resume takes the saved values and refuses a flag that differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from search_spaces import PRESETS, load_preset
+
+SCHEDULERS = ("asha", "none")
+SAMPLERS = ("tpe", "random")
+STUDY_FILE = "avb-study.json"
+IMAGE_DATASETS = ("mnist", "celeba", "folder")  # data sets read from data_root
+# what a resumed study keeps from its first run (a differing flag is refused, not silently ignored)
+KEPT_ON_RESUME = ("preset", "num_trials", "concurrency", "cpus_per_trial", "gpus_per_trial", "iterations",
+                  "steps_per_iteration", "scheduler", "sampler", "baselines", "seed", "keep_checkpoints",
+                  "max_failures", "overrides")
+# what --resume may change: where the stores are, where Ray runs, the evaluation after the study
+CHANGEABLE_ON_RESUME = ("tracking_uri", "optuna_storage", "final_ais", "ais_temps", "ais_points")
+
+
+class StudyError(RuntimeError):
+    """Bad input or environment; the message (one line) says what to fix."""
+
+
+@dataclass
+class StudySettings:
+    preset: str = "synthetic"
+    num_trials: int = 8
+    concurrency: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    iterations: int | None = None  # None: the preset's
+    steps_per_iteration: int | None = None  # None: the preset's
+    scheduler: str = "asha"
+    sampler: str = "tpe"
+    baselines: bool = True  # the preset's published settings are the first trials
+    seed: int = 0
+    results_dir: str = "results"
+    tracking_uri: str = ""
+    optuna_storage: str = ""
+    storage_path: str = ""
+    study_name: str = ""
+    resume: bool = False
+    address: str = ""
+    final_ais: int = 3
+    ais_temps: int | None = None  # None: the preset's
+    ais_points: int | None = None  # None: the preset's
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+    overrides: dict = field(default_factory=dict)  # Config fields fixed for every trial (--set)
+
+    # ------------------------------------------------------------------ checks
+    def check(self) -> None:
+        """Values that can be checked without touching anything."""
+        if self.preset not in PRESETS:
+            raise StudyError(f"unknown preset {self.preset!r}; available presets: {', '.join(PRESETS)}")
+        for name in ("num_trials", "concurrency", "iterations", "steps_per_iteration", "ais_temps", "ais_points",
+                     "keep_checkpoints"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise StudyError(f"--{flag(name)} must be a positive integer, got {value}")
+        if not self.cpus_per_trial > 0:
+            raise StudyError(f"--cpus-per-trial must be > 0 (trials always reserve CPUs), got {self.cpus_per_trial}")
+        if self.gpus_per_trial < 0:
+            raise StudyError(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise StudyError(f"--gpus-per-trial {self.gpus_per_trial}: above 1 it must be a whole number of GPUs")
+        if self.max_failures < 0:
+            raise StudyError(f"--max-failures must be >= 0 (retries of a crashed trial), got {self.max_failures}; "
+                             "Ray would read a negative value as unlimited retries")
+        if self.final_ais < 0:
+            raise StudyError(f"--final-ais must be >= 0 (0 turns it off), got {self.final_ais}")
+        if self.resume and not self.study_name:
+            raise StudyError("--resume needs --study-name NAME (the name printed when the study started)")
+        if self.study_name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.study_name):
+            raise StudyError(f"--study-name {self.study_name!r}: use letters, digits, '.', '_' and '-' "
+                             "(it names a folder, an MLflow experiment and an Optuna study)")
+        check_address(self.address)
+
+    def check_overrides(self) -> None:
+        from avb.config import ConfigError
+
+        try:
+            self.base_config()
+        except ConfigError as err:
+            raise StudyError(f"--set: {err}") from err
+
+    def base_config(self):
+        """The preset's Config with the study's fixed fields (--set) applied."""
+        return load_preset(self.preset).BASE.replace(**self.overrides)
+
+    # ------------------------------------------------------------------ paths and defaults
+    def resolve_paths(self) -> None:
+        """The results folder and Tune's storage path, absolute (Tune runs trials in folders of their own)."""
+        self.study_name = self.study_name or f"{self.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        results = Path(self.results_dir).expanduser()
+        if results.exists() and not results.is_dir():
+            raise StudyError(f"--results-dir {results} is a file, not a folder; pass a folder (it is created)")
+        self.results_dir = str(results.resolve())
+        if not self.storage_path:
+            self.storage_path = str(Path(self.results_dir) / "ray")
+        elif "://" not in self.storage_path:
+            self.storage_path = str(Path(self.storage_path).expanduser().resolve())
+
+    def resolve(self) -> None:
+        """The preset's defaults, the stores and the data folder, decided once here on the driver."""
+        preset = load_preset(self.preset)
+        self.iterations = self.iterations or preset.ITERATIONS
+        self.steps_per_iteration = self.steps_per_iteration or preset.STEPS_PER_ITERATION
+        self.tracking_uri = absolute_uri(self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                                         or f"sqlite:///{Path(self.results_dir) / 'mlflow.db'}", "--tracking-uri")
+        self.optuna_storage = absolute_uri(self.optuna_storage or os.environ.get("AVB_OPTUNA_STORAGE")
+                                           or f"sqlite:///{Path(self.results_dir) / 'optuna.db'}", "--optuna-storage")
+        self.check_overrides()
+        self.resolve_data_root()
+
+    def resolve_data_root(self) -> None:
+        """Image presets read data_root inside trials, which Tune runs in their own folders: make it absolute."""
+        cfg = self.base_config()
+        if cfg.dataset in IMAGE_DATASETS:
+            root = self.overrides.get("data_root") or os.environ.get("AVB_DATA_ROOT") or cfg.data_root or "data"
+            self.overrides["data_root"] = str(Path(root).expanduser().resolve())
+
+    # ------------------------------------------------------------------ saving and resuming
+    def study_file(self) -> tuple:
+        """(pyarrow filesystem, path) of the saved settings, beside Tune's state (local or s3://)."""
+        from pyarrow import fs
+
+        filesystem, root = fs.FileSystem.from_uri(self.storage_path)
+        return filesystem, f"{root.rstrip('/')}/{self.study_name}/{STUDY_FILE}"
+
+    def saved(self) -> dict | None:
+        from pyarrow import fs
+
+        filesystem, path = self.study_file()
+        if filesystem.get_file_info(path).type != fs.FileType.File:
+            return None
+        with filesystem.open_input_stream(path) as f:
+            return json.loads(f.read())
+
+    def save(self) -> None:
+        """Written last, once everything checked out; store passwords are never written (see `masked`)."""
+        filesystem, path = self.study_file()
+        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("resume", "address")}
+        values |= {"tracking_uri": masked(self.tracking_uri), "optuna_storage": masked(self.optuna_storage)}
+        with filesystem.open_output_stream(path) as f:
+            f.write(json.dumps(values, indent=2).encode())
+
+    def merge_saved(self, saved: dict, given: set[str]) -> list[str]:
+        """--resume: take what defines the study from `saved`, refuse flags that differ; returns notes."""
+        if "overrides" in given:  # compared as the first run saved them: data_root absolute
+            self.preset = saved["preset"]
+            self.check_overrides()
+            self.resolve_data_root()
+        for name in KEPT_ON_RESUME:
+            ours, theirs = getattr(self, name), saved[name]
+            if name in given and ours != theirs:
+                shown = " ".join(f"--set {k}={v}" for k, v in theirs.items()) if name == "overrides" else theirs
+                raise StudyError(f"--{flag(name) if name != 'overrides' else 'set'} differs from the study's "
+                                 f"({shown or 'none'}); a resumed study keeps its settings: drop the flag, "
+                                 "or start a new study with another --study-name")
+            setattr(self, name, theirs)
+        notes = []
+        for name in CHANGEABLE_ON_RESUME:
+            if name not in given:
+                setattr(self, name, unmasked(saved[name], name))
+            elif masked(getattr(self, name)) != saved[name]:
+                notes.append(f"--{flag(name)} {masked(getattr(self, name))} replaces the study's {saved[name]}")
+        return notes
+
+
+# ----------------------------------------------------------------------------- helpers
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+ENV_DEFAULTS = {"tracking_uri": "MLFLOW_TRACKING_URI", "optuna_storage": "AVB_OPTUNA_STORAGE"}
+
+
+def masked(uri):
+    """A store URL with its password replaced by *** (what is printed, saved and logged)."""
+    if not isinstance(uri, str):
+        return uri
+    return re.sub(r"(//[^/:@]+:)[^/@]*@", r"\1***@", uri)
+
+
+def unmasked(saved, name: str):
+    """A saved store URL as the resumed study uses it: a masked password comes from the environment's URL
+    for the same store ($MLFLOW_TRACKING_URI, $AVB_OPTUNA_STORAGE), else the flag must give it."""
+    if not isinstance(saved, str) or "***@" not in saved:
+        return saved
+    env = os.environ.get(ENV_DEFAULTS.get(name, ""), "")
+    if env and masked(env) == saved:
+        return env
+    raise StudyError(f"the study's {flag(name)} {saved} needs its password, which is never saved: pass "
+                     f"--{flag(name)} with the full URL (or set ${ENV_DEFAULTS.get(name)})")
+
+def absolute_uri(uri: str, option: str) -> str:
+    """sqlite:///relative.db made absolute; other schemes as given; a bare path is an error."""
+    if uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).expanduser().resolve()}"
+    if "://" not in uri:
+        raise StudyError(f"{option} {uri!r} is not a URI; use sqlite:////abs/path.db, "
+                         "postgresql+psycopg://USER:PASS@HOST/DB or (MLflow) http://HOST:PORT")
+    return uri
+
+
+def check_address(address: str) -> None:
+    """A Ray address is '', 'local', 'auto', HOST:PORT or ray://HOST:PORT; a HOST:PORT must answer within
+    seconds (Ray itself would retry for minutes)."""
+    import socket
+
+    if address in ("", "local", "auto"):
+        return
+    match = re.fullmatch(r"(?:ray://)?(\[[0-9a-fA-F:]+\]|[\w.-]+):(\d{1,5})", address)
+    if not match:
+        raise StudyError(f"--address {address!r} is not a Ray address; use HOST:PORT (e.g. 10.0.0.5:6379), "
+                         "'auto' for the cluster on this machine, or leave it out for a local Ray")
+    host, port = match.group(1).strip("[]"), int(match.group(2))
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as err:
+        raise StudyError(f"--address {address}: no Ray cluster answers there ({err.strerror or err}); "
+                         "start it (ray start --head) or fix the address") from None
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (no usage block) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """Flags default to None so that --resume can tell a flag given from a default."""
+    d = StudySettings()
+    p = OneLineParser(prog="study/run.py", description=description, argument_default=None,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", help=f"experiment preset: {', '.join(PRESETS)} (default: {d.preset})")
+    p.add_argument("--num-trials", type=int, help=f"trials in the study (default: {d.num_trials})")
+    p.add_argument("--concurrency", type=int, help=f"trials running at once (default: {d.concurrency})")
+    p.add_argument("--cpus-per-trial", type=float, help=f"CPUs reserved per trial (default: {d.cpus_per_trial:g})")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help=f"GPUs per trial, fractions share a GPU, e.g. 0.5 (default: {d.gpus_per_trial:g})")
+    p.add_argument("--iterations", type=int, help="Tune iterations per trial, the full budget (default: the preset's)")
+    p.add_argument("--steps-per-iteration", type=int, help="training steps per iteration (default: the preset's)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, help=f"early stopping: ASHA or none (default: {d.scheduler})")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help=f"Optuna sampler: TPE (diverged trials count as bad) or random (default: {d.sampler})")
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
+                   help="start with the preset's published settings as the first trials (default: yes)")
+    p.add_argument("--seed", type=int, help=f"seed of the sampler and of every trial (default: {d.seed})")
+    p.add_argument("--results-dir", help=f"folder of the local stores and Ray results (default: ./{d.results_dir})")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: on --resume the study's, else "
+                                          "$MLFLOW_TRACKING_URI, else sqlite:///RESULTS/mlflow.db)")
+    p.add_argument("--optuna-storage", help="Optuna storage URL (default: on --resume the study's, else "
+                                            "$AVB_OPTUNA_STORAGE, else sqlite:///RESULTS/optuna.db)")
+    p.add_argument("--storage-path", help="Ray storage: a local folder or s3://... (default: RESULTS/ray)")
+    p.add_argument("--study-name", help="unique study name (default: PRESET-DATE-TIME)")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the study --study-name from its last state (after Ctrl-C, a kill, a new head)")
+    p.add_argument("--address", help="Ray cluster address HOST:PORT (default: $RAY_ADDRESS or a cluster started "
+                                     "on this machine, else a new local Ray)")
+    p.add_argument("--final-ais", type=int, help="image presets: test-set IS and AIS log-likelihood of this many "
+                                                 f"best trials (by validation) at the end; 0 = off "
+                                                 f"(default: {d.final_ais})")
+    p.add_argument("--ais-temps", type=int, help="AIS temperatures for --final-ais (default: the preset's)")
+    p.add_argument("--ais-points", type=int, help="test images for --final-ais (default: the preset's)")
+    p.add_argument("--keep-checkpoints", type=int, help="Tune checkpoints kept per trial: the best N by validation "
+                                                        f"log-likelihood, plus the latest (default: "
+                                                        f"{d.keep_checkpoints})")
+    p.add_argument("--max-failures", type=int,
+                   help=f"retries of a crashed trial, e.g. after a lost node (default: {d.max_failures})")
+    p.add_argument("--set", dest="overrides", action="append", metavar="FIELD=VALUE",
+                   help="fix a Config field for every trial, also a searched one, e.g. --set hidden=64 (repeatable)")
+    return p
+
+
+def parse_overrides(items: list[str]) -> dict:
+    from avb.config import parse_value
+
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise StudyError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set hidden=64")
+        values[key] = parse_value(raw)
+    return values
+
+
+def parse(argv: list[str] | None = None, description: str | None = None) -> tuple[StudySettings, set[str]]:
+    """Settings from the command line (checked, not yet resolved) and the names of the flags given."""
+    args = build_parser(description).parse_args(argv)
+    given = {k for k, v in vars(args).items() if v is not None}
+    values = {k: v for k, v in vars(args).items() if v is not None}
+    if "overrides" in values:
+        values["overrides"] = parse_overrides(values["overrides"])
+    settings = StudySettings(**values)
+    settings.check()
+    return settings, given

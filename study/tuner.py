@@ -1,0 +1,174 @@
+"""Ray for the study: start or attach, check that trials can ever be placed, build or restore the Tuner."""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+
+from search_spaces import load_preset
+from study.recorder import Recorder
+from study.searcher import SAMPLERS, StudySearch
+from study.settings import StudyError, StudySettings
+
+METRIC, MODE = "log_likelihood", "max"  # validation log p(x): what ASHA, Optuna and the checkpoints rank by
+
+
+# ----------------------------------------------------------------------------- Ray
+class _DropKnownNoise(logging.Filter):
+    """Ray messages that mislead here: its own resume hint (the study prints the right command) and the
+    benign failure to delete a checkpoint twice when a resumed trial replays an iteration."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "Resume experiment with: Tuner.restore" in text:
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        return not ("Error handling checkpoint" in text and isinstance(exc, FileNotFoundError))
+
+
+def quiet_ray_logs() -> None:
+    for name in ("ray.tune.tune", "ray.tune.execution.tune_controller"):
+        logging.getLogger(name).addFilter(_DropKnownNoise())
+
+
+def on_existing_cluster(address: str) -> bool:
+    """True when Ray would attach to a running cluster (ray start / ray up), not start a private one."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    return address != "local" and canonicalize_bootstrap_address(address or None) is not None
+
+
+def connect(settings: StudySettings) -> bool:
+    """Start a local Ray or attach to the cluster; True when attached to a cluster."""
+    import ray
+
+    existing = on_existing_cluster(settings.address)
+    quiet_ray_logs()
+    try:
+        ray.init(address=settings.address or None, log_to_driver=True, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        raise StudyError(f"cannot connect to Ray at {settings.address or 'the local machine'} "
+                         f"({lines[0] if lines else type(err).__name__}); check --address") from None
+    return existing
+
+
+def trial_tracking_uri(uri: str, on_cluster: bool) -> str:
+    """Trials on other nodes reach a tracking server on this node by its address, not by loopback."""
+    if not on_cluster:
+        return uri
+    import ray
+
+    ip = ray.util.get_node_ip_address()
+    for loopback in ("//127.0.0.1:", "//localhost:"):
+        uri = uri.replace(loopback, f"//{ip}:")
+    return uri
+
+
+def autoscaling_groups() -> list[dict] | None:
+    """The node types an autoscaler may add, as resource dicts; None on a fixed cluster."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001  (no autoscaler state in this Ray)
+        return None
+    if config is None or not config.node_group_configs:
+        return None
+    return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
+
+
+def check_resources(settings: StudySettings, on_cluster: bool) -> None:
+    """A trial that no node can ever hold is an error now, not a study that waits forever."""
+    import ray
+
+    need = {"CPU": settings.cpus_per_trial, "GPU": settings.gpus_per_trial}
+
+    def fits(resources: dict) -> bool:
+        return all(resources.get(k, 0) >= v for k, v in need.items() if v > 0)
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(fits(r) for r in nodes):
+        return
+    wanted = f"{settings.cpus_per_trial:g} CPU(s) and {settings.gpus_per_trial:g} GPU(s) per trial"
+    groups = autoscaling_groups() if on_cluster else None
+    if groups is not None and any(fits(g) for g in groups):
+        print(f"note: no node has {wanted} yet; the study waits until the autoscaler adds one", flush=True)
+        return
+    largest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    where = "this machine" if not on_cluster else "any node of the cluster" + (
+        "" if groups is None else " or any node type the autoscaler may add")
+    hint = "use --gpus-per-trial 0" if settings.gpus_per_trial and not largest.get("GPU") else \
+        "lower --cpus-per-trial / --gpus-per-trial"
+    raise StudyError(f"{wanted} is more than {where} has (the largest node: {largest.get('CPU', 0):g} CPUs, "
+                     f"{largest.get('GPU', 0):g} GPUs); {hint}")
+
+
+# ----------------------------------------------------------------------------- Tune
+def make_searcher(settings: StudySettings) -> StudySearch:
+    preset = load_preset(settings.preset)
+    baselines = preset.BASELINES[: settings.num_trials] if settings.baselines else None  # none left queued
+    return StudySearch(
+        preset.space, metric=METRIC, mode=MODE, points_to_evaluate=baselines or None,
+        sampler=SAMPLERS[settings.sampler](seed=settings.seed), study_name=settings.study_name,
+        storage=optuna.storages.RDBStorage(settings.optuna_storage), full_iterations=settings.iterations,
+        fixed=settings.overrides)
+
+
+def make_scheduler(settings: StudySettings):
+    from ray.tune.schedulers import ASHAScheduler
+
+    if settings.scheduler == "none":
+        return None
+    return ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=settings.iterations,
+                         grace_period=max(1, settings.iterations // 4), reduction_factor=2)
+
+
+def run_config(settings: StudySettings, recorder: Recorder):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=settings.study_name, storage_path=settings.storage_path, callbacks=[recorder], verbose=1,
+        stop={"training_iteration": settings.iterations},
+        # the trainable asks for a checkpoint after every finite iteration (`should_checkpoint`);
+        # Ray keeps the best N by validation log-likelihood and always the latest
+        # (checkpoint_at_end off: for class trainables Tune would otherwise save a diverged trial's weights)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints, checkpoint_at_end=False,
+                                                checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+        failure_config=tune.FailureConfig(max_failures=settings.max_failures))
+
+
+def build_tuner(settings: StudySettings, trainable, recorder: Recorder):
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    searcher = ConcurrencyLimiter(make_searcher(settings), max_concurrent=settings.concurrency)
+    return tune.Tuner(trainable, run_config=run_config(settings, recorder),
+                      tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(settings),
+                                                  num_samples=settings.num_trials))
+
+
+def experiment_path(settings: StudySettings) -> str:
+    return f"{settings.storage_path.rstrip('/')}/{settings.study_name}"
+
+
+def check_restorable(settings: StudySettings) -> None:
+    from ray import tune
+
+    if not tune.Tuner.can_restore(experiment_path(settings)):
+        raise StudyError(f"no Ray experiment state at {experiment_path(settings)}; the study never started, "
+                         "or --storage-path differs")
+
+
+def restore_tuner(settings: StudySettings, trainable, recorder: Recorder):
+    """Tune's own restore, then pointed at this run's stores: the searcher and the callbacks were pickled
+    with the first driver's stores, which a resume from a copy or on a new head must not touch."""
+    from ray import tune
+
+    tuner = tune.Tuner.restore(experiment_path(settings), trainable=trainable, resume_unfinished=True,
+                               resume_errored=False)
+    internal = tuner._local_tuner  # private, pinned Ray 2.60: Tuner.restore takes no new searcher or callbacks
+    internal._tune_config.search_alg.searcher.rebind(optuna.storages.RDBStorage(settings.optuna_storage))
+    internal._run_config.callbacks = [recorder]
+    return tuner

@@ -1,0 +1,158 @@
+"""The cluster's stores on a real PostgreSQL server (the session's `postgres`
+fixture): an MLflow tracking store and an Optuna RDBStorage, each in its own
+database of one server, and an `mlflow server` with that backend."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import sqlalchemy
+
+from tests.postgres import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tables(url: str) -> set[str]:
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_mlflow_and_optuna_stores_on_two_databases_of_one_server(postgres, tmp_path):
+    mlflow_url = postgres.create_database("mlflow")
+    optuna_url = postgres.create_database("optuna")
+    assert mlflow_url.startswith("postgresql+psycopg://") and mlflow_url != optuna_url
+
+    # MLflow: the SQLAlchemy store itself (what `mlflow server --backend-store-uri` runs on).
+    client = mlflow.MlflowClient(tracking_uri=mlflow_url)
+    exp = client.create_experiment("pg-check", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(exp, tags={"study": "pg-check"})
+    for step, value in enumerate([-2.5, -1.25, -0.5]):
+        client.log_metric(run.info.run_id, "log_likelihood", value, step=step)
+    client.set_terminated(run.info.run_id)
+
+    reread = mlflow.MlflowClient(tracking_uri=mlflow_url)  # a fresh client: nothing cached
+    history = reread.get_metric_history(run.info.run_id, "log_likelihood")
+    assert [(m.step, m.value) for m in history] == [(0, -2.5), (1, -1.25), (2, -0.5)]
+    assert reread.get_run(run.info.run_id).info.status == "FINISHED"
+    assert reread.get_experiment_by_name("pg-check").experiment_id == exp
+
+    # Optuna: an RDBStorage on the other database.
+    storage = optuna.storages.RDBStorage(optuna_url)
+    study = optuna.create_study(study_name="pg-check", storage=storage, direction="maximize")
+    trial = study.ask()
+    x = trial.suggest_float("x", 0.0, 1.0)
+    study.tell(trial, -((x - 0.5) ** 2))
+    pruned = study.ask()
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+
+    reloaded = optuna.load_study(study_name="pg-check", storage=optuna_url)
+    states = [t.state for t in reloaded.get_trials(deepcopy=False)]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert reloaded.best_trial.params == {"x": x}
+
+    # Each store keeps its own schema (and its own alembic_version) in its own database.
+    mlflow_tables, optuna_tables = tables(mlflow_url), tables(optuna_url)
+    assert {"alembic_version", "experiments", "runs", "metrics"} <= mlflow_tables
+    assert {"alembic_version", "studies", "trials"} <= optuna_tables
+    assert "studies" not in mlflow_tables and "runs" not in optuna_tables
+
+
+def wait_for_health(url: str, proc: subprocess.Popen, log, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    log.seek(0)
+    pytest.fail(f"mlflow server did not answer {url} within {timeout} s:\n{log.read()[-3000:]}")
+
+
+def test_mlflow_server_on_postgres_answers_and_proxies_artifacts(postgres, tmp_path):
+    """`mlflow server` as the head runs it (PostgreSQL backend, proxied artifact
+    destination), with a local folder where the cluster uses s3://."""
+    backend = postgres.create_database("mlflow_server")
+    artifacts = tmp_path / "artifacts"
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", backend, "--artifacts-destination", str(artifacts)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    with open(tmp_path / "server.log", "w+") as log:
+        # Its own process group: the server starts uvicorn workers, stopped with it below.
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_for_health(f"{base}/health", proc, log)
+
+            client = mlflow.MlflowClient(tracking_uri=base)
+            exp = client.create_experiment("served")
+            run = client.create_run(exp)
+            client.log_metric(run.info.run_id, "elbo", -1.5, step=3)
+            (tmp_path / "note.txt").write_text("checkpoint stand-in")
+            client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"), artifact_path="best")
+            client.set_terminated(run.info.run_id)
+
+            assert client.get_metric_history(run.info.run_id, "elbo")[0].value == -1.5
+            assert [f.path for f in client.list_artifacts(run.info.run_id, "best")] == ["best/note.txt"]
+            # The artifact went through the server to --artifacts-destination ...
+            assert [p.name for p in artifacts.rglob("note.txt")] == ["note.txt"]
+            # ... and the run to PostgreSQL: a client on the database alone sees it.
+            assert mlflow.MlflowClient(tracking_uri=backend).get_run(run.info.run_id).info.status == "FINISHED"
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+            except ProcessLookupError:
+                pass
+
+
+def test_cluster_head_creates_its_two_databases(postgres, tmp_path):
+    """cluster.yaml's head_setup_commands step that creates the "mlflow" and
+    "optuna" databases, run by bash against this server, twice (idempotent)."""
+    import secrets
+
+    import yaml
+    from sqlalchemy.engine import make_url
+
+    with open(ROOT / "cluster.yaml") as f:
+        cfg = yaml.safe_load(f)
+    [cmd] = [c for c in cfg["head_setup_commands"] if "CREATE DATABASE" in c]
+    server = make_url(postgres.admin_url)
+    tag = secrets.token_hex(3)  # the session's server is shared: unique names
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+               AVB_MLFLOW_BACKEND_STORE_URI=server.set(database=f"c{tag}_mlflow").render_as_string(False),
+               AVB_OPTUNA_STORAGE=server.set(database=f"c{tag}_optuna").render_as_string(False))
+
+    first = subprocess.run(["bash", "-c", cmd], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert f"created: c{tag}_mlflow, c{tag}_optuna" in first.stdout
+    again = subprocess.run(["bash", "-c", cmd], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "none, all exist" in again.stdout, again.stderr
+
+    storage = optuna.storages.RDBStorage(env["AVB_OPTUNA_STORAGE"])
+    optuna.create_study(study_name="cluster", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), 1)
+    assert len(optuna.load_study(study_name="cluster", storage=env["AVB_OPTUNA_STORAGE"]).trials) == 1
+    assert mlflow.MlflowClient(env["AVB_MLFLOW_BACKEND_STORE_URI"]).get_experiment_by_name("Default") is not None

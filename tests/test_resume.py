@@ -1,0 +1,129 @@
+"""A study outlives its driver: Ctrl-C, SIGTERM and kill -9, then --resume from the command line; also with the
+stores on PostgreSQL (behind an MLflow server, as cluster.yaml runs them) and the local results folder gone.
+
+Every test counts exactly: Optuna states and MLflow runs (status, fate), one run per trial, each iteration
+logged once, nothing left RUNNING."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections import Counter
+
+import optuna
+import pytest
+
+from tests.conftest import start_mlflow_server
+from tests.study_utils import (
+    FAST,
+    fault_figures,
+    metric_steps,
+    optuna_states,
+    run_study,
+    run_summary,
+    sqlite,
+    start_study,
+    stop,
+    trial_runs,
+    wait_for_checkpoint,
+)
+
+pytestmark = pytest.mark.slow
+TRIALS = 4
+SHORT = [*FAST, "--num-trials", str(TRIALS), "--scheduler", "none", "--concurrency", "1", "--iterations", "3"]
+
+
+def assert_exactly_finished(uri: str, storage: str, study: str, scenario: str = "", seconds: float = 0) -> None:
+    fault_figures(uri, storage, study, scenario, seconds)
+    assert run_summary(uri, study) == Counter({("FINISHED", "finished"): TRIALS})
+    parent, runs = trial_runs(uri, study)
+    assert parent.info.status == "FINISHED"
+    assert len({r.data.tags["trial_number"] for r in runs}) == TRIALS  # no duplicate run
+    for run in runs:
+        assert metric_steps(uri, run) == [20, 40, 60]  # every iteration logged exactly once
+    assert optuna_states(storage, study) == Counter({("COMPLETE", "finished"): TRIALS})
+    assert all(sorted(t.intermediate_values) == [1, 2, 3]
+               for t in optuna.load_study(study_name=study, storage=storage).trials)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_interrupted_study_is_resumable_and_resumes(tmp_path, sig, code):
+    results = tmp_path / "results"
+    proc = start_study(["--results-dir", str(results), "--study-name", "stopped", *SHORT], cwd=tmp_path)
+    wait_for_checkpoint(results / "ray", proc)
+    out = stop(proc, sig)
+    assert proc.returncode == code, out[-3000:]
+    assert "--resume --study-name stopped" in out  # the hint names the project's command, not Tune's
+    assert "Tuner.restore" not in out
+    uri, storage = sqlite(results / "mlflow.db"), sqlite(results / "optuna.db")
+    fates = run_summary(uri, "stopped")
+    assert ("RUNNING", None) not in fates and fates[("KILLED", "interrupted")] >= 1
+    states = optuna_states(storage, "stopped")
+    assert ("FAIL", "crashed") not in states and states[("RUNNING", None)] >= 1  # resumable, not failed
+    parent, _ = trial_runs(uri, "stopped")
+    assert parent.info.status == "KILLED"
+
+    t0 = time.monotonic()
+    resumed = run_study(["--resume", "--study-name", "stopped", "--results-dir", str(results)], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert_exactly_finished(uri, storage, "stopped", f"{sig.name} then --resume (resume run)", time.monotonic() - t0)
+
+
+def test_driver_kill_then_resume_from_the_cli(tmp_path):
+    results = tmp_path / "results"
+    proc = start_study(["--results-dir", str(results), "--study-name", "killed", *SHORT], cwd=tmp_path)
+    wait_for_checkpoint(results / "ray", proc)
+    stop(proc, signal.SIGKILL)
+    t0 = time.monotonic()
+    out = run_study(["--resume", "--study-name", "killed", "--results-dir", str(results)], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert_exactly_finished(sqlite(results / "mlflow.db"), sqlite(results / "optuna.db"), "killed",
+                            "kill -9 then --resume (resume run)", time.monotonic() - t0)
+
+
+def test_new_head_resumes_from_postgresql_and_the_storage_path_alone(tmp_path, postgres):
+    """cluster.yaml's durable set-up: MLflow server on PostgreSQL with artifacts outside the head, Optuna on
+    PostgreSQL, Tune's state under --storage-path. The driver is killed and its results folder deleted."""
+    server, uri = start_mlflow_server(postgres.create_database("mlflow"), tmp_path / "artifacts")
+    optuna_url = postgres.create_database("optuna")
+    storage_path = tmp_path / "shared-storage"
+    stores = ["--tracking-uri", uri, "--optuna-storage", optuna_url, "--storage-path", str(storage_path)]
+    try:
+        head = tmp_path / "old-head"
+        proc = start_study(["--results-dir", str(head / "results"), "--study-name", "durable", *stores, *SHORT],
+                           cwd=tmp_path)
+        wait_for_checkpoint(storage_path, proc)
+        stop(proc, signal.SIGKILL)
+        shutil.rmtree(head, ignore_errors=True)  # the old head and whatever it kept locally are gone
+
+        new_head = tmp_path / "new-head"
+        new_head.mkdir()
+        t0 = time.monotonic()
+        out = run_study(["--resume", "--study-name", "durable", *stores], cwd=new_head)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert_exactly_finished(uri, optuna_url, "durable", "kill -9, head folder deleted, resume on PostgreSQL "
+                                "(resume run)", time.monotonic() - t0)
+        assert "***@" in (storage_path / "durable" / "avb-study.json").read_text()  # no password saved
+        assert postgres.password not in (storage_path / "durable" / "avb-study.json").read_text()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_resume_writes_to_the_stores_it_is_given(tmp_path):
+    """--resume of a copy with --tracking-uri / --optuna-storage pointing at the copy leaves the original alone."""
+    results = tmp_path / "results"
+    proc = start_study(["--results-dir", str(results), "--study-name", "copied", *SHORT], cwd=tmp_path)
+    wait_for_checkpoint(results / "ray", proc)
+    stop(proc, signal.SIGINT)
+    copy = tmp_path / "copy"
+    shutil.copytree(results, copy)
+    before = {p.name: p.read_bytes() for p in results.glob("*.db")}
+    out = run_study(["--resume", "--study-name", "copied", "--results-dir", str(copy),
+                     "--tracking-uri", sqlite(copy / "mlflow.db"), "--optuna-storage", sqlite(copy / "optuna.db")],
+                    cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "replaces the study's" in out.stdout  # said in one line
+    assert {p.name: p.read_bytes() for p in results.glob("*.db")} == before
+    assert_exactly_finished(sqlite(copy / "mlflow.db"), sqlite(copy / "optuna.db"), "copied")
