@@ -92,11 +92,31 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(old)
 
 
+@contextlib.contextmanager
+def once_per_node(root: Path, name: str) -> Iterator[None]:
+    """Hold `root/.name.lock` while a download or cache is written: the trials of one node that start
+    together fill a data folder once, the others wait and then read it. A folder nobody can write
+    (read-only shared data) needs no lock."""
+    from filelock import FileLock
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(root / f".{name}.lock")
+        lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def mnist(root: Path, seed: int) -> dict[str, Tensor]:
     from torchvision.datasets import MNIST
 
     try:
-        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+        with once_per_node(root, "mnist"), _socket_timeout(DOWNLOAD_TIMEOUT_S):
             train, test = [MNIST(str(root), train=train, download=True) for train in (True, False)]
     except Exception as err:  # URLError, timeouts, torchvision's RuntimeError after all mirrors failed
         reason = (str(err).strip().splitlines() or [type(err).__name__])[-1].strip()  # the innermost cause
@@ -141,27 +161,36 @@ def _to_uint8(images, n: int) -> Tensor:
 
 def celeba(root: Path, seed: int) -> dict[str, Tensor]:
     """The official partition (list_eval_partition.txt): 162,770 / 19,867 / 19,962 faces."""
-    from torchvision.datasets import CelebA
-
     folder, parts = root / "celeba", {}
     for name in SPLITS:
         cache = folder / f"celeba{IMAGE_SIZE}_{name}.pt"
-        if not cache.exists():
-            try:
-                images = CelebA(str(root), split=name, target_type=[], transform=_transform(CELEBA_CROP))
-            except RuntimeError:
-                raise DataError(f"CelebA is not under {folder} (not downloaded automatically): get "
-                                "img_align_celeba.zip, list_eval_partition.txt, list_attr_celeba.txt, "
-                                "identity_CelebA.txt, list_bbox_celeba.txt and list_landmarks_align_celeba.txt from "
-                                "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html (Google Drive), unzip the "
-                                f"images to {folder / 'img_align_celeba'} and put the .txt files in {folder}") from None
-            torch.save(_to_uint8(_WithLabel(images), len(images)), cache)
+        with once_per_node(folder, f"celeba_{name}"):
+            if not cache.exists():
+                build_celeba_cache(root, name, cache)
         try:
             parts[name] = torch.load(cache, weights_only=True)
-        except Exception as err:  # a cache cut short by a killed first run
+        except Exception as err:  # a cache written by other code, or damaged
             raise DataError(f"{cache} is not a readable cache ({_first_line(err)}); delete it and it is "
                             "rebuilt from the CelebA files") from None
     return parts
+
+
+def build_celeba_cache(root: Path, split_name: str, cache: Path) -> None:
+    """Decode one official split into a uint8 tensor file, written under a temporary name and then renamed."""
+    from torchvision.datasets import CelebA
+
+    folder = cache.parent
+    try:
+        images = CelebA(str(root), split=split_name, target_type=[], transform=_transform(CELEBA_CROP))
+    except RuntimeError:
+        raise DataError(f"CelebA is not under {folder} (not downloaded automatically): get "
+                        "img_align_celeba.zip, list_eval_partition.txt, list_attr_celeba.txt, "
+                        "identity_CelebA.txt, list_bbox_celeba.txt and list_landmarks_align_celeba.txt from "
+                        "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html (Google Drive), unzip the "
+                        f"images to {folder / 'img_align_celeba'} and put the .txt files in {folder}") from None
+    partial = cache.with_suffix(f".partial-{os.getpid()}")
+    torch.save(_to_uint8(_WithLabel(images), len(images)), partial)
+    os.replace(partial, cache)
 
 
 class _WithLabel(torch.utils.data.Dataset):

@@ -147,6 +147,8 @@ class Trainer:
         metrics = dict(zip(TRAIN_METRICS, values))
         if not all(math.isfinite(v) for v in values):
             raise DivergedError(f"non-finite training loss at step {self.step_count}: {metrics}")
+        if self.cfg.objective == "vae":  # no adversary: its loss is a constant 0, not a metric
+            del metrics["loss_adversary"]
         return metrics
 
     # -------------------------------------------------------------------- state

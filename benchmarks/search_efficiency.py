@@ -40,6 +40,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -81,32 +82,34 @@ class StudyRun:
     stopped_at_budget: bool = False
     load_before: list = field(default_factory=list)
     load_after: list = field(default_factory=list)
+    note: str = ""
 
 
 def sqlite(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def spent_so_far(tracking_uri: str, study: str, iterations: int) -> int:
-    """Trial-iterations the study has logged so far (MLflow's latest `fidelity` per trial run, + 1 per diverged
-    run): what the budget watch compares with the budget."""
-    import mlflow
+def spent_so_far(db: Path, study: str) -> int:
+    """Trial-iterations a running study has logged so far: its `log_likelihood` values in the MLflow SQLite file,
+    + 1 per diverged trial. Read-only SQL, not an MlflowClient: a client opening a store the study is still
+    creating would race it for the schema."""
+    import sqlite3
 
-    client = mlflow.MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(study)
-    if exp is None:
+    runs = ("SELECT r.run_uuid FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+            "WHERE e.name = ?")
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as con:
+            logged = con.execute(f"SELECT COUNT(*) FROM metrics WHERE key = 'log_likelihood' AND run_uuid IN ({runs})",
+                                 (study,)).fetchone()[0]
+            diverged = con.execute(f"SELECT COUNT(*) FROM tags WHERE key = 'fate' AND value = 'diverged' AND "
+                                   f"run_uuid IN ({runs})", (study,)).fetchone()[0]
+    except sqlite3.Error:  # not created yet, or locked: ask again later
         return 0
-    spent = 0
-    for run in client.search_runs([exp.experiment_id], max_results=5000):  # (a tag filter skips untagged runs)
-        if run.data.tags.get("kind") == "study":
-            continue
-        spent += round(run.data.metrics.get("fidelity", 0.0) * iterations)
-        spent += run.data.tags.get("fate") == "diverged"
-    return spent
+    return logged + diverged
 
 
-def run_study(name: str, flags: list[str], results: Path, *, budget: int | None = None, iterations: int = 0,
-              log: Path | None = None, timeout: float = 4 * 3600) -> StudyRun:
+def run_study(name: str, flags: list[str], results: Path, *, budget: int | None = None, log: Path | None = None,
+              timeout: float = 4 * 3600) -> StudyRun:
     """`python study/run.py` in a subprocess with its stores under `results`; with `budget`, the study is
     stopped (SIGTERM: Tune's graceful stop) as soon as that many trial-iterations are logged."""
     args = ["--results-dir", str(results), "--study-name", name, "--final-ais", "0", "--address", "local", *flags]
@@ -115,18 +118,13 @@ def run_study(name: str, flags: list[str], results: Path, *, budget: int | None 
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(RUN_PY), *args], cwd=ROOT, env=study_env(), stdout=log_file,
                             stderr=subprocess.STDOUT, text=True)
-    uri = sqlite(results / "mlflow.db")
     try:
         while proc.poll() is None:
             time.sleep(3)
             if time.perf_counter() - t0 > timeout:
                 raise TimeoutError(f"study {name} ran longer than {timeout:.0f} s")
             if budget and proc.poll() is None and (results / "mlflow.db").exists():
-                try:
-                    spent = spent_so_far(uri, name, iterations)
-                except Exception:  # noqa: BLE001  (the database is being created or locked: ask again)
-                    continue
-                if spent >= budget:
+                if spent_so_far(results / "mlflow.db", name) >= budget:
                     record.stopped_at_budget = True
                     proc.send_signal(signal.SIGTERM)
                     try:
@@ -275,10 +273,12 @@ def run_search(args, results: Path) -> dict:
             if args.analyse_only or (args.reuse and saved.exists()):
                 record = StudyRun(**json.loads(saved.read_text()))
             else:
+                if store.exists():  # a study that an interrupted benchmark left unfinished: its budget is unknown
+                    print(f"[search] {name}: removing the unfinished study of an earlier run", flush=True)
+                    shutil.rmtree(store)
                 print(f"[search] {label}, seed {seed}: study {name} ...", flush=True)
                 record = run_study(name, study_flags(args, strategy, seed, num_trials), store,
-                                   budget=args.budget if early_stopping else None, iterations=args.iterations,
-                                   log=store.with_suffix(".log"))
+                                   budget=args.budget if early_stopping else None, log=store.with_suffix(".log"))
                 saved.write_text(json.dumps(record.__dict__))
             trials = read_trials(sqlite(store / "mlflow.db"), sqlite(store / "optuna.db"), name,
                                  args.steps_per_iteration)
@@ -482,7 +482,8 @@ def plot(search: dict, path: Path) -> None:
     ax.set_xlim(1, budget)
     ax.set_xlabel("budget spent (trial-iterations)")
     ax.set_ylabel("best full-fidelity validation log p(x)")
-    ax.set_title("Anytime search on the synthetic preset (band: min-max over seeds; bottom: none yet)")
+    ax.set_title("Synthetic preset: best full-fidelity result vs budget\n(line: median over seeds, band: min-max; "
+                 "bottom edge: none yet)", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -567,24 +568,23 @@ def render_packing(p: dict) -> list[str]:
 BLOCKS = ("search", "overhead", "packing")
 
 
-def write_doc(doc: Path, data: dict) -> None:
-    """Fill the marked blocks of `doc` from `data` (one per key: `search*`, `overhead`, `packing`); text outside
-    the blocks stays as it is."""
+def write_doc(doc: Path, data: dict, new: list[str] | None = None) -> None:
+    """Fill the marked blocks of `doc` from `data` (one per key: `search*`, `overhead`, `packing`), appending the
+    blocks named in `new` that the document lacks; text outside the blocks stays as it is."""
     text = doc.read_text() if doc.exists() else "# Does the search pay?\n\n" + "\n".join(
         f"## {b}\n\n<!-- {b}:begin -->\n<!-- {b}:end -->\n" for b in BLOCKS)
+    renderers = {"overhead": render_overhead, "packing": render_packing}
     for block, values in data.items():
+        pattern = re.compile(rf"<!-- {block}:begin -->.*?<!-- {block}:end -->", re.S)
+        present = pattern.search(text) is not None
+        if not (present or block in (new or ())) or not (block.startswith("search") or block in renderers):
+            continue
         if block.startswith("search"):
             body = "\n".join(render_search(values, values.get("figure", "")))
-        elif block in ("overhead", "packing"):
-            body = "\n".join({"overhead": render_overhead, "packing": render_packing}[block](values))
         else:
-            continue
-        pattern = re.compile(rf"<!-- {block}:begin -->.*?<!-- {block}:end -->", re.S)
+            body = "\n".join(renderers[block](values))
         replacement = f"<!-- {block}:begin -->\n{body}\n<!-- {block}:end -->"
-        if pattern.search(text):
-            text = pattern.sub(lambda _, r=replacement: r, text)
-        else:
-            text += f"\n{replacement}\n"
+        text = pattern.sub(lambda _, r=replacement: r, text) if present else text + f"\n{replacement}\n"
     doc.write_text(text)
 
 
@@ -686,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     data_file.write_text(json.dumps(data, indent=1, default=str))
     doc = Path(args.doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    write_doc(doc, data)
+    write_doc(doc, data, list(ours))
     print(f"results: {data_file}\ndocument: {doc}" + (f", figure: {figure}" if "search" in args.parts else ""))
     for key, line in ((args.block, "budget ratio (TPE+ASHA / random search): {ratio}"),
                       ("overhead", "Tune overhead: {overhead_percent}%")):

@@ -19,8 +19,8 @@ import logging
 import signal
 import sys
 
-from study.settings import StudyError, StudySettings, parse
-from study.stores import check_existence, check_mlflow, check_optuna, first_line
+from study.settings import StudyError, StudySettings, first_line, parse
+from study.stores import check_existence, check_mlflow, check_optuna
 
 INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -64,10 +64,17 @@ def start(settings: StudySettings):
         records.check_local_cuda()
     if settings.resume:
         tuner.check_restorable(settings)
+    settings.check_writable()
     trainable, recorder = records.start(settings, tuner.trial_tracking_uri(settings.tracking_uri, on_cluster))
     build = tuner.restore_tuner if settings.resume else tuner.build_tuner
-    fitted = build(settings, trainable, recorder)
-    settings.save()
+    try:
+        fitted = build(settings, trainable, recorder)
+        settings.save()
+    except Exception as err:  # noqa: BLE001  (the parent run must not stay RUNNING)
+        records.abandon(recorder, err)
+        raise StudyError(f"the study could not start ({type(err).__name__}: {first_line(err)}); "
+                         + ("fix that and resume" if settings.resume else "fix that and start again with another "
+                            "--study-name")) from None
     return fitted, recorder
 
 

@@ -77,10 +77,15 @@ class Recorder(tune.Callback):
             error = error or result.get("diverged_error", "diverged")
         try:
             run = self.trial_run(trial)
-            self.upload_best_checkpoint(trial, run.info.run_id)
             tracking.close_trial_run(self.client, run, fate, error, value if fate is not Fate.DIVERGED else None)
         except Exception as err:  # noqa: BLE001
             print(f"  warning: could not record trial {trial.trial_id} in MLflow ({err})", flush=True)
+        else:
+            try:  # after the run is closed: a failed upload leaves a true record without the checkpoint
+                self.upload_best_checkpoint(trial, run.info.run_id)
+            except Exception as err:  # noqa: BLE001
+                print(f"  warning: could not upload trial {trial.trial_id}'s checkpoint to MLflow ({err})",
+                      flush=True)
         shown = f": log_likelihood {value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
         if fate.failed:
             shown = f": {tracking.one_line(error, 200)}"

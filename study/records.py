@@ -4,12 +4,14 @@ logs each trial, and what is left to close when Tune returns (interrupted or los
 from __future__ import annotations
 
 import shlex
+import sys
+import urllib.parse
 from pathlib import Path
 
 import mlflow
 
 from study.recorder import Recorder
-from study.settings import StudyError, StudySettings, masked
+from study.settings import StudyError, StudySettings
 from trainables import tracking
 from trainables.tracking import Fate
 
@@ -23,18 +25,17 @@ Resume: `{resume}`"""
 
 
 def resume_command(settings: StudySettings) -> str:
-    args = ["python", "study/run.py", "--resume", "--study-name", settings.study_name,
-            "--storage-path", settings.storage_path]
-    if not settings.tracking_uri.startswith(f"sqlite:///{settings.results_dir}"):
-        args += ["--tracking-uri", masked(settings.tracking_uri)]
-    if not settings.optuna_storage.startswith(f"sqlite:///{settings.results_dir}"):
-        args += ["--optuna-storage", masked(settings.optuna_storage)]
-    return shlex.join(args)
+    """The project's resume line: the storage path finds the saved settings, which name the stores (a password,
+    never saved, comes from $MLFLOW_TRACKING_URI / $AVB_OPTUNA_STORAGE or the flag)."""
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith("run.py") else "study/run.py"
+    return shlex.join(["python", script, "--resume", "--study-name", settings.study_name,
+                       "--storage-path", settings.storage_path])
 
 
 def experiment(client: mlflow.MlflowClient, settings: StudySettings) -> str:
     exp = client.get_experiment_by_name(settings.study_name)
     if exp is not None:
+        note_foreign_artifacts(exp.artifact_location, settings)
         return exp.experiment_id
     location = None
     if settings.tracking_uri.startswith("sqlite:"):
@@ -44,6 +45,17 @@ def experiment(client: mlflow.MlflowClient, settings: StudySettings) -> str:
     return client.create_experiment(settings.study_name, artifact_location=location,
                                     tags={tracking.STUDY: settings.study_name, tracking.PRESET: settings.preset,
                                           tracking.NOTE: description})
+
+
+def note_foreign_artifacts(location: str, settings: StudySettings) -> None:
+    """A resumed copy of a study keeps its experiment's artifact location, which MLflow cannot change: say where
+    the pictures and checkpoints go when that is outside the results folder in use."""
+    if not location.startswith("file://") or not settings.tracking_uri.startswith("sqlite:"):
+        return
+    folder = Path(urllib.parse.urlparse(location).path)
+    if not folder.is_relative_to(Path(settings.results_dir)):
+        print(f"note: this study's pictures and checkpoints go to {folder} (its MLflow experiment's artifact "
+              f"location, fixed when the study began), not under {settings.results_dir}", flush=True)
 
 
 def parent_run(client: mlflow.MlflowClient, exp_id: str, settings: StudySettings, tags: dict) -> str:
@@ -132,6 +144,14 @@ def close_interrupted(recorder: Recorder) -> None:
         if run.info.status == "RUNNING":
             tracking.close_trial_run(client, run, Fate.INTERRUPTED)
     client.set_tag(s.parent_run_id, tracking.FATE, Fate.INTERRUPTED.value)
+    client.set_terminated(s.parent_run_id, status="KILLED")
+
+
+def abandon(recorder: Recorder, err: BaseException) -> None:
+    """Tune could not be built or restored: the parent run is closed (KILLED, its error as a tag), not left
+    RUNNING."""
+    client, s = recorder.client, recorder.settings
+    client.set_tag(s.parent_run_id, tracking.ERROR, f"{type(err).__name__}: {err}"[:5000])
     client.set_terminated(s.parent_run_id, status="KILLED")
 
 

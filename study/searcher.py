@@ -26,8 +26,10 @@ FAIL trials): it sees them as the worst PRUNED trials, in the "bad" group.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import pickle
 import warnings
 from collections.abc import Callable
 
@@ -65,6 +67,13 @@ class FixedFields:
 
     def __getattr__(self, name):
         return getattr(self.trial, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialNumber:
+    """An Optuna trial as the searcher saves it: its number (rebind finds it again in the storage given)."""
+
+    number: int
 
 
 class StudySearch(OptunaSearch):
@@ -151,7 +160,19 @@ class StudySearch(OptunaSearch):
         except Exception as exc:  # noqa: BLE001  (Optuna refuses e.g. a trial told twice; keep the study going)
             logger.warning("Optuna refused the result of %s: %s", trial_id, exc)
 
-    # ------------------------------------------------------------------ resuming
+    # ------------------------------------------------------------------ saving, resuming
+    def __getstate__(self) -> dict:
+        """What Tune pickles (tuner.pkl, searcher-state-*.pkl): no storage, whose URL holds the database's
+        password; trials by number. `rebind` attaches the storage again."""
+        state = self.__dict__.copy()
+        state.update(_storage=None, _ot_study=None,
+                     _ot_trials={tid: TrialNumber(t.number) for tid, t in self._ot_trials.items()})
+        return state
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
     def rebind(self, storage: optuna.storages.BaseStorage) -> None:
         """Talk to `storage` (the one given on --resume), not to the one pickled with the searcher."""
         self._storage = storage

@@ -149,11 +149,29 @@ class StudySettings:
     def saved(self) -> dict | None:
         from pyarrow import fs
 
-        filesystem, path = self.study_file()
-        if filesystem.get_file_info(path).type != fs.FileType.File:
-            return None
-        with filesystem.open_input_stream(path) as f:
-            return json.loads(f.read())
+        try:
+            filesystem, path = self.study_file()
+            if filesystem.get_file_info(path).type != fs.FileType.File:
+                return None
+            with filesystem.open_input_stream(path) as f:
+                return json.loads(f.read())
+        except (OSError, ValueError) as err:
+            raise StudyError(f"cannot read the study's settings under {self.storage_path} ({first_line(err)}); "
+                             "check --storage-path and its credentials") from None
+
+    def check_writable(self) -> None:
+        """Write and delete a probe where the settings will go: a storage path that cannot be written (read-only,
+        S3 access denied) is an error before anything of the study is created."""
+        try:
+            filesystem, path = self.study_file()
+            folder = path.rsplit("/", 1)[0]
+            filesystem.create_dir(folder, recursive=True)
+            with filesystem.open_output_stream(f"{folder}/.probe") as f:
+                f.write(b"ok")
+            filesystem.delete_file(f"{folder}/.probe")
+        except OSError as err:
+            raise StudyError(f"cannot write under --storage-path {self.storage_path} ({first_line(err)}); "
+                             "choose a writable folder or bucket, or fix its credentials") from None
 
     def save(self) -> None:
         """Written last, once everything checked out; store passwords are never written (see `masked`)."""
@@ -193,6 +211,11 @@ def flag(name: str) -> str:
 
 
 ENV_DEFAULTS = {"tracking_uri": "MLFLOW_TRACKING_URI", "optuna_storage": "AVB_OPTUNA_STORAGE"}
+
+
+def first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""
 
 
 def masked(uri):

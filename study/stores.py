@@ -10,7 +10,7 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
-from study.settings import StudyError, StudySettings
+from study.settings import StudyError, StudySettings, first_line, masked
 
 
 def check_mlflow(uri: str):
@@ -22,14 +22,14 @@ def check_mlflow(uri: str):
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
                 response.read()
         except OSError as err:
-            raise StudyError(f"MLflow tracking server {uri} is unreachable ({err}); start it "
+            raise StudyError(f"MLflow tracking server {masked(uri)} is unreachable ({err}); start it "
                              f"(mlflow server --host 127.0.0.1 --port 5000) or fix --tracking-uri") from None
     sqlite_folder(uri, "MLflow store", "--tracking-uri")
     try:
         client = mlflow.MlflowClient(uri)
         client.search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001  (MLflow raises many kinds; the user needs one line)
-        raise StudyError(f"the MLflow store {uri} cannot be read ({type(err).__name__}: "
+        raise StudyError(f"the MLflow store {masked(uri)} cannot be read ({type(err).__name__}: "
                          f"{first_line(err)}); fix or move it, or pass another --tracking-uri") from None
     return client
 
@@ -39,11 +39,13 @@ def check_optuna(url: str):
     import optuna
 
     sqlite_folder(url, "Optuna storage", "--optuna-storage")
+    # a database behind a closed firewall fails in seconds, not after the OS's two-minute TCP timeout
+    engine = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else None
     try:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     except Exception as err:  # noqa: BLE001
-        raise StudyError(f"the Optuna storage {url} cannot be opened ({type(err).__name__}: {first_line(err)}); "
-                         "fix or move it, or pass another --optuna-storage") from None
+        raise StudyError(f"the Optuna storage {masked(url)} cannot be opened ({type(err).__name__}: "
+                         f"{first_line(err)}); fix or move it, or pass another --optuna-storage") from None
 
 
 def sqlite_folder(uri: str, what: str, option: str) -> None:
@@ -82,8 +84,3 @@ def check_existence(settings: StudySettings, client, storage, saved: dict | None
     if missing:
         raise StudyError(f"study {name!r} is not in the {' nor the '.join(missing)}; resuming there would split "
                          "the study: pass the stores that hold it (--tracking-uri, --optuna-storage)")
-
-
-def first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else ""

@@ -3,7 +3,6 @@ of image presets, errors, and where to look at everything."""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from pathlib import Path
 
@@ -24,13 +23,14 @@ def ui_hint(settings: StudySettings, exp_id: str) -> str:
 
 
 def print_best(best, paper: dict) -> None:
-    params = ", ".join(f"{k}={tracking.format_value(v)}" for k, v in sorted(best.config.items()))
+    params = ", ".join(f"{k}={tracking.format_value(v)}" for k, v in sorted(best.config.items())
+                       if k != tracking.TRIAL_NUMBER)
     print(f"best trial {best.config.get(tracking.TRIAL_NUMBER)} "
           f"({tracking.method_of(best.config)}, chosen on validation): {params}")
     print(f"{'metric (validation)':<24}{'best trial':>12}" + "".join(f"{name:>12}" for name in paper))
     for key in SHOWN:
         if key in best.metrics:
-            row = "".join(f"{paper[n].get(key, math.nan):>12.3f}" for n in paper)
+            row = "".join(f"{paper[n][key]:>12.3f}" if key in paper[n] else f"{'—':>12}" for n in paper)
             print(f"{key:<24}{best.metrics[key]:>12.4f}{row}")
 
 

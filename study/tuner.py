@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import optuna
+import yaml
 
 from search_spaces import load_preset
 from study.recorder import Recorder
@@ -36,6 +38,8 @@ def on_existing_cluster(address: str) -> bool:
     """True when Ray would attach to a running cluster (ray start / ray up), not start a private one."""
     from ray._private.services import canonicalize_bootstrap_address
 
+    if address.startswith("ray://"):  # Ray Client: always a running cluster
+        return True
     return address != "local" and canonicalize_bootstrap_address(address or None) is not None
 
 
@@ -43,15 +47,31 @@ def connect(settings: StudySettings) -> bool:
     """Start a local Ray or attach to the cluster; True when attached to a cluster."""
     import ray
 
-    existing = on_existing_cluster(settings.address)
     quiet_ray_logs()
     try:
+        existing = on_existing_cluster(settings.address)
         ray.init(address=settings.address or None, log_to_driver=True, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError) as err:
         lines = [line for line in str(err).splitlines() if line.strip()]
         raise StudyError(f"cannot connect to Ray at {settings.address or 'the local machine'} "
                          f"({lines[0] if lines else type(err).__name__}); check --address") from None
+    if existing:
+        warn_about_node_local_stores(settings)
     return existing
+
+
+def warn_about_node_local_stores(settings: StudySettings) -> None:
+    """On a cluster, a SQLite MLflow store or a local storage path is one per node: say so in one line."""
+    import ray
+
+    if len([n for n in ray.nodes() if n.get("Alive")]) < 2:
+        return
+    local = [what for what, bad in (("--tracking-uri is a SQLite file", settings.tracking_uri.startswith("sqlite")),
+                                    ("--storage-path is a local folder", "://" not in settings.storage_path))
+             if bad]
+    if local:
+        print(f"note: {' and '.join(local)} on a cluster of several nodes: each node sees its own copy unless the "
+              "folder is shared storage (docs/cluster.md: an MLflow server, a database, s3:// or NFS)", flush=True)
 
 
 def trial_tracking_uri(uri: str, on_cluster: bool) -> str:
@@ -66,17 +86,28 @@ def trial_tracking_uri(uri: str, on_cluster: bool) -> str:
     return uri
 
 
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # what `ray up` leaves on the head: the cluster's node types
+
+
 def autoscaling_groups() -> list[dict] | None:
-    """The node types an autoscaler may add, as resource dicts; None on a fixed cluster."""
+    """The node types an autoscaler may add, as resource dicts ({} when the launcher leaves them to the cloud);
+    None on a fixed cluster."""
     try:
         from ray._private.state import state
 
         config = state.get_cluster_config()
+        if config is not None and config.node_group_configs:
+            return [dict(g.resources) for g in config.node_group_configs if g.max_count != 0]
     except Exception:  # noqa: BLE001  (no autoscaler state in this Ray)
+        pass
+    path = Path(BOOTSTRAP_CONFIG).expanduser()
+    if not path.is_file():
         return None
-    if config is None or not config.node_group_configs:
+    try:
+        types = (yaml.safe_load(path.read_text()) or {}).get("available_node_types") or {}
+    except (OSError, yaml.YAMLError):
         return None
-    return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
+    return [dict(t.get("resources") or {}) for t in types.values() if t.get("max_workers", 1) != 0] or None
 
 
 def check_resources(settings: StudySettings, on_cluster: bool) -> None:
@@ -93,7 +124,7 @@ def check_resources(settings: StudySettings, on_cluster: bool) -> None:
         return
     wanted = f"{settings.cpus_per_trial:g} CPU(s) and {settings.gpus_per_trial:g} GPU(s) per trial"
     groups = autoscaling_groups() if on_cluster else None
-    if groups is not None and any(fits(g) for g in groups):
+    if groups is not None and any(fits(g) or not g for g in groups):  # {}: resources known only at launch
         print(f"note: no node has {wanted} yet; the study waits until the autoscaler adds one", flush=True)
         return
     largest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})

@@ -86,6 +86,7 @@ def _grid_log_px(log_lik, x, n=400, lim=6.0):
 ALL_X = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=DT)] * 4)  # all 16 binary 2x2 images
 
 
+@pytest.mark.slow
 def test_nonlinear_matches_grid_quadrature():
     log_lik = _mlp_model()
     x = ALL_X[::3]  # 6 of the 16 images
@@ -97,6 +98,7 @@ def test_nonlinear_matches_grid_quadrature():
     assert (se > 0).all() and (se < 0.05).all(), se
 
 
+@pytest.mark.slow
 def test_more_temperatures_tighten_and_few_temperatures_lower_bound():
     log_lik = _mlp_model(seed=1, scale=5.0)
     exact = _grid_log_px(log_lik, ALL_X)
@@ -202,6 +204,7 @@ VARIANTS = {"vae": {"objective": "vae", "encoder": "gaussian"}, "avb": {},
             "avb_ac": {"encoder": "basis", "adaptive_contrast": True}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_ais_matches_exact_grid_value_on_synthetic(variant):
     """The synthetic set (2-D latent): AIS from the encoder's q0 within 0.01 nats of grid quadrature."""
@@ -218,6 +221,7 @@ def test_ais_matches_exact_grid_value_on_synthetic(variant):
     assert ((est - exact).abs() < 0.03).all(), (est - exact, mc_se)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start,temps,chains", [("posterior", 300, 64), ("prior", 500, 512)])
 def test_ais_matches_known_marginal_through_the_trainer(start, temps, chains):
     """A VAE with a linear-Gaussian decoder, p(x) = N(b, W W^T + s^2 I), and an encoder near the
@@ -245,6 +249,7 @@ def test_ais_matches_known_marginal_through_the_trainer(start, temps, chains):
     assert (est - exact).abs().max() < 0.05, est - exact
 
 
+@pytest.mark.slow
 def test_vae_ais_is_not_below_its_own_importance_bound():
     """On a VAE, AIS (q0 = q(z|x)) is at least the IS bound with q(z|x) as proposal, up to their errors."""
     from avb.config import Config

@@ -191,6 +191,7 @@ def test_export_reads_mlflow_tracking_uri(study, tmp_path, monkeypatch, capsys):
     assert pq.read_metadata(tmp_path / "out" / "trials.parquet").num_rows == 4
 
 
+@pytest.mark.slow
 def test_export_of_an_image_study_has_test_figures_and_fates(fake):
     df = export.load_trials(fake["uri"], fake["name"])
     assert df["fate"].tolist() == ["finished", "finished", "diverged"]
@@ -377,6 +378,7 @@ REPORT_ONLY = ["missing optuna storage", "random optuna.db", "truncated optuna.d
 
 @pytest.mark.parametrize("module, case", [(m, c) for m in ("export", "report") for c in BOTH]
                          + [("report", c) for c in REPORT_ONLY])
+@pytest.mark.slow
 def test_a_bad_input_is_one_line_exit_2_and_changes_nothing(stores, tmp_path, capsys, module, case):
     args, message = case_args(case, stores, tmp_path)
     before = {name: snapshot(s["folder"]) for name, s in (("fake", stores["fake"]),
@@ -411,6 +413,7 @@ def test_a_bad_flag_is_one_line_without_usage(module, argv, message, capsys):
 
 @pytest.mark.parametrize("module, case", [("analysis.export", "random mlflow.db"),
                                           ("analysis.report", "missing optuna storage")])
+@pytest.mark.slow
 def test_errors_as_a_user_sees_them(stores, tmp_path, module, case):
     """A real process: stderr is exactly one line (no warning or log line from MLflow, Optuna or Python)."""
     args, message = case_args(case, stores, tmp_path)

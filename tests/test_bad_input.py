@@ -10,6 +10,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,8 @@ STUDY_CASES = {  # id: (arguments, part of the message)
     "corrupt-optuna": ([], "cannot be opened"),
     "address-not-an-address": (["--address", "not-an-address"], "is not a Ray address"),
     "address-unreachable": (["--address", "127.0.0.1:9"], "no Ray cluster answers there"),
+    "unwritable-storage-path": (["--storage-path", "/proc/avb-ray"], "cannot write under --storage-path"),
+    "address-auto-without-cluster": (["--address", "auto"], "cannot connect to Ray at auto"),
     "celeba-missing": (["--preset", "celeba", "--set", "data_root=/nonexistent"], "CelebA is not under"),
     "empty-folder": (["--preset", "mnist", "--set", "dataset=folder"], "found 0 image(s)"),
     "not-an-image": (["--preset", "mnist", "--set", "dataset=folder"], "is not a readable image"),
@@ -111,16 +114,27 @@ STUDY_CASES = {  # id: (arguments, part of the message)
 }
 
 
+@pytest.fixture(scope="module")
+def study_outcomes(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Every STUDY_CASES command, three at a time, each in its own folder: the cases are independent and
+    most of each one's time is a fresh Python importing Ray, MLflow and torch."""
+    def one(case: str) -> tuple[Path, subprocess.CompletedProcess]:
+        where = tmp_path_factory.mktemp(case)
+        args, extra = STUDY_CASES[case][0], prepare(case, where)
+        if "--results-dir" not in args + extra:
+            extra += ["--results-dir", str(where / "results")]
+        return where, run([str(copy_run_py(where / "submitted")), *args, *extra], where)
+
+    with ThreadPoolExecutor(3) as pool:
+        return dict(zip(STUDY_CASES, pool.map(one, STUDY_CASES)))
+
+
 @pytest.mark.parametrize("case", STUDY_CASES)
-def test_study_bad_input(case, tmp_path):
-    args, message = STUDY_CASES[case]
-    extra = prepare(case, tmp_path)
-    if "--results-dir" not in args + extra:
-        extra += ["--results-dir", str(tmp_path / "results")]
-    out = run([str(copy_run_py(tmp_path / "submitted")), *args, *extra], tmp_path)
-    assert_one_line_error(out, message)
+def test_study_bad_input(case, study_outcomes):
+    where, out = study_outcomes[case]
+    assert_one_line_error(out, STUDY_CASES[case][1])
     assert out.returncode == 2
-    assert not (tmp_path / "results" / "ray").exists()  # no trial started, no study written
+    assert not (where / "results" / "ray").exists()  # no trial started, no study written
 
 
 EXISTING_CASES = {  # against the finished study 'kept'

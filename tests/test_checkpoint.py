@@ -1,5 +1,7 @@
 """Save, restore, continue == an uninterrupted run (bitwise on CPU with the same seed)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -98,6 +100,8 @@ def test_fit_logs_checkpoints_and_matches_plain_steps(tiny, tmp_path):
     assert last == logged[-1][1] and set(last) == {"loss_primal", "loss_adversary", "train_reconstruction",
                                                    "train_kl"}
     assert checkpoint.load(tmp_path / "trainer.pt").step_count == 20
+    vae = Trainer(replace(tiny, objective="vae", encoder="gaussian", adaptive_contrast=False), data.x_shape)
+    assert "loss_adversary" not in fit(vae, data, 3) and "train_kl" in fit(vae, data, 6)
     for a, b in zip(plain.models.state_dict().values(), trainer.models.state_dict().values()):
         assert torch.equal(a, b)
     assert fit(trainer, data, 25) == {}  # already there: nothing to do

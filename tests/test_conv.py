@@ -101,6 +101,7 @@ def short_run(dataset: str, steps: int, batch_size: int) -> tuple[Trainer, objec
     return trainer, data, history
 
 
+@pytest.mark.slow
 def test_avb_on_digits_lowers_the_loss_and_evaluates():
     trainer, data, history = short_run("digits", 300, 64)
     assert history[-1]["loss_primal"] < 0.7 * history[0]["loss_primal"], history  # about 39 -> 18 nats
@@ -111,6 +112,7 @@ def test_avb_on_digits_lowers_the_loss_and_evaluates():
     assert all(math.isfinite(v) for v in ais.values()), ais
 
 
+@pytest.mark.slow
 def test_avb_on_mnist_sample_lowers_the_loss_and_evaluates():
     trainer, data, history = short_run("mnist_sample", 200, 32)
     assert data.x_shape == (1, 28, 28) and data.sizes == {"train": 4000, "valid": 500, "test": 500}
@@ -119,6 +121,7 @@ def test_avb_on_mnist_sample_lowers_the_loss_and_evaluates():
     assert all(math.isfinite(v) for v in metrics.values()), metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,temps,chains", [("blackbox", 500, 64), ("basis_ac", 300, 16)])
 def test_ais_agrees_with_importance_sampling(variant, temps, chains):
     """2-D latent: IS with 100k samples is accurate to ~0.002 nats; AIS starts at each encoder's q0."""
@@ -163,6 +166,26 @@ def test_mnist_from_files_and_binarization_only_for_bernoulli(tmp_path):
     assert batch.dtype == torch.float32 and 0 <= batch.min() and batch.max() <= 1
 
 
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from avb.images import once_per_node
+root = Path(sys.argv[1])
+with once_per_node(root, "mnist"):
+    start = time.time()
+    time.sleep(0.5)
+    (root / sys.argv[2]).write_text(f"{start} {time.time()}")
+"""
+
+
+def test_a_node_prepares_its_data_folder_once_at_a_time(tmp_path):
+    """Trials starting together on one node must not download or build a cache side by side."""
+    procs = [subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path), f"p{i}"]) for i in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    spans = sorted(tuple(map(float, (tmp_path / f"p{i}").read_text().split())) for i in range(3))
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
+
+
 def test_folder_of_images(tmp_path):
     from PIL import Image
 
@@ -193,6 +216,7 @@ def test_missing_data_is_a_one_line_data_error(dataset, tmp_path, monkeypatch):
     assert len(message.splitlines()) == 1 and str(tmp_path) in message
 
 
+@pytest.mark.slow
 def test_cli_exits_2_with_one_line_when_data_are_missing(tmp_path):
     cmd = [sys.executable, "-m", "avb", "--dataset", "mnist", "--data-root", str(tmp_path), "--arch", "conv",
            "--steps", "1", "--out", str(tmp_path / "run")]
@@ -203,6 +227,7 @@ def test_cli_exits_2_with_one_line_when_data_are_missing(tmp_path):
 
 @pytest.mark.parametrize("dataset,sizes", [("synthetic", (4, 4, 4)), ("digits", (1297, 250, 250)),
                                            ("mnist_sample", (4000, 500, 500))])
+@pytest.mark.slow
 def test_splits_are_disjoint_seeded_and_sized(dataset, sizes):
     cfg = Config(dataset=dataset, arch="mlp")
     data = load_dataset(cfg, "cpu")

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.study_utils import ROOT
 
 TINY = ["--hidden", "16", "--adv-hidden", "16", "--adv-inner", "8", "--batch-size", "32", "--eval-samples", "500"]
@@ -14,6 +16,7 @@ def run(args, cwd):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_one_configuration_trains_writes_and_resumes(tmp_path):
     out = run(["-m", "avb", *TINY, "--steps", "40", "--log-every", "20", "--out", str(tmp_path / "run")], tmp_path)
     assert out.returncode == 0, out.stderr
@@ -29,6 +32,7 @@ def test_one_configuration_trains_writes_and_resumes(tmp_path):
     assert "from step 40" in resumed.stdout and "step      60/60" in resumed.stdout
 
 
+@pytest.mark.slow
 def test_bad_flag_value_is_one_line(tmp_path):
     out = run(["-m", "avb", "--adv-hidden", "0", "--out", str(tmp_path / "x")], tmp_path)
     assert out.returncode == 2
@@ -36,6 +40,7 @@ def test_bad_flag_value_is_one_line(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_bad_output_and_resume_are_one_line_before_training(tmp_path):
     (tmp_path / "a_file").write_text("keep me")
     (tmp_path / "bad").mkdir()
@@ -53,6 +58,7 @@ def test_bad_output_and_resume_are_one_line_before_training(tmp_path):
     assert (tmp_path / "a_file").read_text() == "keep me" and not (tmp_path / "none").exists()
 
 
+@pytest.mark.slow
 def test_folder_with_a_broken_image_is_one_line(tmp_path):
     from PIL import Image
 
@@ -64,6 +70,7 @@ def test_folder_with_a_broken_image_is_one_line(tmp_path):
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "broken.png" in out.stderr
 
 
+@pytest.mark.slow
 def test_help_of_every_entry_point_states_defaults(tmp_path):
     for args in (["-m", "avb"], [str(ROOT / "study" / "run.py")], [str(ROOT / "benchmarks" / "speed.py")],
                  [str(ROOT / "benchmarks" / "reproduce_table1.py")], [str(ROOT / "benchmarks" / "posterior.py")],
@@ -72,6 +79,7 @@ def test_help_of_every_entry_point_states_defaults(tmp_path):
         assert out.returncode == 0 and "default" in out.stdout, args
 
 
+@pytest.mark.slow
 def test_reproduction_smoke_run_writes_table_and_pictures(tmp_path):
     out = run([str(ROOT / "benchmarks" / "reproduce_table1.py"), "--smoke", "--out", str(tmp_path),
                "--runs", str(tmp_path / "runs")], tmp_path)
@@ -91,6 +99,7 @@ def test_reproduction_smoke_run_writes_table_and_pictures(tmp_path):
     assert (tmp_path / "posterior.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_image_benchmark_smoke_run(tmp_path):
     out = run([str(ROOT / "benchmarks" / "images.py"), "--smoke", "--out", str(tmp_path), "--runs",
                str(tmp_path / "runs")], tmp_path)
@@ -100,6 +109,7 @@ def test_image_benchmark_smoke_run(tmp_path):
     assert (tmp_path / "images.png").stat().st_size > 5000 and len(list(tmp_path.glob("images_samples_*.png"))) == 3
 
 
+@pytest.mark.slow
 def test_speed_benchmark_smoke_run(tmp_path):
     out = run([str(ROOT / "benchmarks" / "speed.py"), "--quick", "--out", ""], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]

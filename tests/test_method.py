@@ -14,6 +14,7 @@ from avb.models import build_models, parameter_counts
 from avb.train import Trainer, weights_finite
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["logistic", "kl"])
 def test_adversary_learns_log_density_ratio(loss):
     """Proposition 1: trained alone against fixed q(z|x) and p(z), T -> log q(z|x) - log p(z)."""
@@ -72,6 +73,7 @@ def test_importance_sampling_matches_exact_linear_gaussian():
     assert ((est - exact).abs() < 5 * se + 1e-3).all()  # the reported error bar is honest
 
 
+@pytest.mark.slow
 def test_importance_sampling_matches_quadrature_on_synthetic_model(tiny):
     """For the 2-D synthetic model, IS agrees with dense grid quadrature to better than 0.005 nats."""
     trainer = Trainer(tiny.replace(hidden=64), (1, 2, 2))
@@ -111,6 +113,7 @@ def test_adaptive_contrast_identity():
     assert abs(analytic.mean() - obj.gaussian_kl(mean, std)[0]) < 0.02
 
 
+@pytest.mark.slow
 def test_short_avb_beats_short_vae_on_synthetic():
     """The paper's Table 1 ordering, on a budget: AVB's log-likelihood is higher than the VAE's."""
     from avb.evaluate import evaluate
@@ -127,6 +130,7 @@ def test_short_avb_beats_short_vae_on_synthetic():
     assert scores["avb"] > scores["vae"] + 0.02, scores
 
 
+@pytest.mark.slow
 def test_compiled_step_matches_eager(tiny):
     """Config.compile=True (torch.compile of encoder, decoder and adversary) trains exactly like eager mode."""
     cfg = tiny.replace(encoder="basis", adaptive_contrast=True, compile=True)
@@ -139,6 +143,7 @@ def test_compiled_step_matches_eager(tiny):
     assert compiled.pop_metrics() == pytest.approx(eager.pop_metrics(), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_importance_sampling_is_unbiased_for_odd_chunks(monkeypatch):
     """Half the samples from each mixture component even when chunks (or num_samples) are odd."""
     torch.manual_seed(1)
@@ -169,6 +174,7 @@ def test_error_bars_over_points_and_paired_difference():
 
 @pytest.mark.parametrize("objective,encoder,key,other", [("vae", "gaussian", "elbo", "adversary_elbo"),
                                                          ("avb", "blackbox", "adversary_elbo", "elbo")])
+@pytest.mark.slow
 def test_evaluate_names_the_adversary_estimate_truthfully(tiny, objective, encoder, key, other):
     cfg = tiny.replace(objective=objective, encoder=encoder)
     trainer = Trainer(cfg, (1, 2, 2))
@@ -213,3 +219,21 @@ def test_weights_finite(tiny):
     with torch.no_grad():
         next(trainer.models.decoder.parameters())[0, 0] = float("nan")
     assert not weights_finite(trainer)
+
+
+@pytest.mark.slow
+def test_importance_sampling_is_not_below_the_elbo_in_32_dimensions():
+    """MNIST, 32-D latent, 50 samples: the pilot refits must not collapse the proposal (they used to cost
+    20 nats here: IS far below the VAE's own ELBO)."""
+    from avb.fit import fit
+
+    cfg = Config(dataset="mnist_sample", objective="vae", encoder="gaussian", latent_dim=32, hidden=128,
+                 batch_size=64, lr=1e-3)
+    data = load_dataset(cfg, "cpu")
+    trainer = Trainer(cfg, data.x_shape)
+    fit(trainer, data, 500)
+    x = data.eval_batch(32)
+    is_ = ev.per_point_log_likelihood(trainer, x, 50)[0].mean().item()
+    iwae = ev.posterior_is_per_point(trainer, x, 50)[0].mean().item()
+    elbo = ev.reconstruction_and_elbo(trainer, x, 20, torch.Generator().manual_seed(0))[1]
+    assert is_ > elbo and is_ > iwae - 1.0, (is_, iwae, elbo)

@@ -20,6 +20,7 @@ import sqlalchemy
 from tests.postgres import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # starts a PostgreSQL server (and an MLflow server)
 
 
 def tables(url: str) -> set[str]:

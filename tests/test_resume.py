@@ -47,27 +47,32 @@ def assert_exactly_finished(uri: str, storage: str, study: str, scenario: str = 
                for t in optuna.load_study(study_name=study, storage=storage).trials)
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
-def test_interrupted_study_is_resumable_and_resumes(tmp_path, sig, code):
+def assert_resumable(proc, out: str, code: int, results, study: str) -> None:
+    """The records an interrupted study leaves: exit code, the project's resume hint, no run RUNNING, no trial
+    FAIL."""
+    assert proc.returncode == code, out[-3000:]
+    assert f"--resume --study-name {study}" in out  # the hint names the project's command, not Tune's
+    assert "Tuner.restore" not in out
+    uri, storage = sqlite(results / "mlflow.db"), sqlite(results / "optuna.db")
+    fates = run_summary(uri, study)
+    assert ("RUNNING", None) not in fates and fates[("KILLED", "interrupted")] >= 1
+    states = optuna_states(storage, study)
+    assert ("FAIL", "crashed") not in states and states[("RUNNING", None)] >= 1  # resumable, not failed
+    parent, _ = trial_runs(uri, study)
+    assert parent.info.status == "KILLED"
+
+
+def test_sigterm_leaves_a_resumable_study_and_resumes(tmp_path):
+    """SIGTERM (what a scheduler or `ray stop` sends); Ctrl-C is the first half of the copy test below."""
     results = tmp_path / "results"
     proc = start_study(["--results-dir", str(results), "--study-name", "stopped", *SHORT], cwd=tmp_path)
     wait_for_checkpoint(results / "ray", proc)
-    out = stop(proc, sig)
-    assert proc.returncode == code, out[-3000:]
-    assert "--resume --study-name stopped" in out  # the hint names the project's command, not Tune's
-    assert "Tuner.restore" not in out
-    uri, storage = sqlite(results / "mlflow.db"), sqlite(results / "optuna.db")
-    fates = run_summary(uri, "stopped")
-    assert ("RUNNING", None) not in fates and fates[("KILLED", "interrupted")] >= 1
-    states = optuna_states(storage, "stopped")
-    assert ("FAIL", "crashed") not in states and states[("RUNNING", None)] >= 1  # resumable, not failed
-    parent, _ = trial_runs(uri, "stopped")
-    assert parent.info.status == "KILLED"
-
+    assert_resumable(proc, stop(proc, signal.SIGTERM), 143, results, "stopped")
     t0 = time.monotonic()
     resumed = run_study(["--resume", "--study-name", "stopped", "--results-dir", str(results)], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert_exactly_finished(uri, storage, "stopped", f"{sig.name} then --resume (resume run)", time.monotonic() - t0)
+    assert_exactly_finished(sqlite(results / "mlflow.db"), sqlite(results / "optuna.db"), "stopped",
+                            "SIGTERM then --resume (resume run)", time.monotonic() - t0)
 
 
 def test_driver_kill_then_resume_from_the_cli(tmp_path):
@@ -105,25 +110,30 @@ def test_new_head_resumes_from_postgresql_and_the_storage_path_alone(tmp_path, p
         assert_exactly_finished(uri, optuna_url, "durable", "kill -9, head folder deleted, resume on PostgreSQL "
                                 "(resume run)", time.monotonic() - t0)
         assert "***@" in (storage_path / "durable" / "avb-study.json").read_text()  # no password saved
-        assert postgres.password not in (storage_path / "durable" / "avb-study.json").read_text()
+        for path in (storage_path / "durable").rglob("*"):  # settings, tuner.pkl, the searcher's state, ...
+            assert not path.is_file() or postgres.password.encode() not in path.read_bytes(), path
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
 def test_resume_writes_to_the_stores_it_is_given(tmp_path):
-    """--resume of a copy with --tracking-uri / --optuna-storage pointing at the copy leaves the original alone."""
+    """Ctrl-C, then --resume of a copy with --tracking-uri / --optuna-storage pointing at the copy: it finishes
+    there and leaves the original alone."""
     results = tmp_path / "results"
     proc = start_study(["--results-dir", str(results), "--study-name", "copied", *SHORT], cwd=tmp_path)
     wait_for_checkpoint(results / "ray", proc)
-    stop(proc, signal.SIGINT)
+    assert_resumable(proc, stop(proc, signal.SIGINT), 130, results, "copied")
     copy = tmp_path / "copy"
     shutil.copytree(results, copy)
     before = {p.name: p.read_bytes() for p in results.glob("*.db")}
+    t0 = time.monotonic()
     out = run_study(["--resume", "--study-name", "copied", "--results-dir", str(copy),
                      "--tracking-uri", sqlite(copy / "mlflow.db"), "--optuna-storage", sqlite(copy / "optuna.db")],
                     cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "replaces the study's" in out.stdout  # said in one line
+    assert f"go to {results / 'mlartifacts' / 'copied'}" in out.stdout  # MLflow keeps the artifact location
     assert {p.name: p.read_bytes() for p in results.glob("*.db")} == before
-    assert_exactly_finished(sqlite(copy / "mlflow.db"), sqlite(copy / "optuna.db"), "copied")
+    assert_exactly_finished(sqlite(copy / "mlflow.db"), sqlite(copy / "optuna.db"), "copied",
+                            "SIGINT, then --resume of a copy (resume run)", time.monotonic() - t0)

@@ -71,11 +71,12 @@ def test_document_blocks_are_filled_and_hand_written_text_is_kept(tmp_path):
                 "plain": [{"s_per_iteration": 1.0, "total_s": 3.0}], "tune": [{"s_per_iteration": 1.03,
                                                                                 "study_wall_s": 30.0}],
                 "plain_s_per_iteration": 1.0, "tune_s_per_iteration": 1.03, "overhead_percent": 3.0}
-    bench.write_doc(doc, {"search": search_result(), "overhead": overhead})
+    bench.write_doc(doc, {"search": search_result(), "overhead": overhead, "packing": {}}, new=["overhead"])
     text = doc.read_text()
     assert "hand-written analysis" in text and "tail" in text and "old" not in text
     assert "\nbudget ratio (TPE+ASHA / random search): 0.50\n" in text
     assert "\nTune overhead: 3%\n" in text and "<!-- overhead:begin -->" in text
+    assert "packing:begin" not in text  # a block neither in the document nor new is left out
     bench.write_doc(doc, {"search": search_result("0.25")})  # filled again: replaced, not appended
     assert text.count("budget ratio") == 1 and "search): 0.25" in doc.read_text()
 

@@ -155,3 +155,21 @@ def test_diverged_trials_steer_tpe_away_from_their_region(seed):
     aware = proposals_in_diverging_region(DivergenceAwareTPE, seed)
     assert aware * 3 < plain, (aware, plain)
     assert aware <= 10  # of 50 proposals; random search would put 20 there
+
+
+def test_saved_state_holds_no_storage_url_and_resumes_on_the_storage_given(tmp_path):
+    """Tune pickles the searcher (tuner.pkl, searcher-state-*.pkl); a database URL there would leak its password."""
+    url = f"sqlite:///{tmp_path}/secret-name-optuna.db"
+    s = searcher(storage=optuna.storages.RDBStorage(url))
+    s.suggest("a")
+    s.suggest("b")
+    s.on_trial_complete("a", result(-1.5, 4))
+    s.save(str(tmp_path / "state.pkl"))
+    assert b"secret-name" not in (tmp_path / "state.pkl").read_bytes()
+
+    restored = searcher(storage=optuna.storages.InMemoryStorage())
+    restored._storage = optuna.storages.RDBStorage(url)  # what the driver sets on --resume
+    restored.restore(str(tmp_path / "state.pkl"))
+    restored.on_trial_complete("b", result(-1.4, 4))  # a trial asked for before the save finishes after it
+    states = {t.user_attrs["tune_trial_id"]: t.state for t in optuna.load_study(study_name="s", storage=url).trials}
+    assert states == {"a": TrialState.COMPLETE, "b": TrialState.COMPLETE}

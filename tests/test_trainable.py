@@ -43,6 +43,7 @@ def local_trainable(tmp_path):
     return Local, client, exp
 
 
+@pytest.mark.slow
 def test_trials_read_validation_only_and_the_final_evaluation_reads_test(tmp_path, monkeypatch):
     def watched_load(cfg, device):
         data = load_dataset(cfg, device)

@@ -12,7 +12,7 @@ A trial ends in exactly one fate, recorded the same way everywhere:
 | stopped_early | ASHA stopped it (a low-fidelity value) | FINISHED      | PRUNED (last value)   |
 | diverged      | its loss became NaN or infinite        | FAILED        | FAIL                  |
 | crashed       | raised, after all of Tune's retries    | FAILED        | FAIL                  |
-| lost          | its worker vanished, nothing closed it | FAILED        | FAIL                  |
+| lost          | left RUNNING by a vanished process     | FAILED        | FAIL                  |
 | interrupted   | the driver was stopped (Ctrl-C, TERM)  | KILLED        | RUNNING (resumable)   |
 
 The fate, and for failures the reason and error text, are tags of the trial's
