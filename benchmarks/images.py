@@ -1,7 +1,7 @@
 """Real images: VAE, AVB and AVB+AC on held-out MNIST digits, test log-likelihood by AIS.
 
     python benchmarks/images.py --help
-    python benchmarks/images.py                         # ~80 min on 2 CPU cores: docs/reproduction/images.md
+    python benchmarks/images.py                         # ~40 min on 2 CPU cores: docs/reproduction/images.md
     python benchmarks/images.py --smoke --out /tmp/img --runs /tmp/img/runs     # a minute: checks the script only
     python benchmarks/images.py --dataset mnist --arch conv --steps 100000 --valid-every 5000 --valid-points 1000 \\
         --valid-temps 100 --test-points 10000 --ais-temps 1000 --ais-chains 8 --device cuda \\

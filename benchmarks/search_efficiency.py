@@ -305,18 +305,19 @@ def run_search(args, results: Path) -> dict:
                                        "median_budget": median_budget([s["budget_to_target"] for s in per_seed])}
     if "tpe_asha" in out["strategies"] and "random" in out["strategies"]:
         a, c = out["strategies"]["tpe_asha"]["median_budget"], out["strategies"]["random"]["median_budget"]
-        out["ratio"] = ratio(a, c)
+        out["ratio"] = ratio(a, c, args.budget)
     return out
 
 
-def ratio(a: float, c: float) -> str:
-    """a / c as text: a number, or a bound when one strategy's median never reached the target."""
+def ratio(a: float, c: float, budget: int) -> str:
+    """a / c as text: a number, or a bound when one strategy's median never reached the target within the
+    budget (its budget to target is then more than `budget`)."""
     if math.isinf(a) and math.isinf(c):
         return "undefined (neither reached the target in the median seed)"
     if math.isinf(c):
-        return f"< {a:g}/budget (random search's median seed never reached the target)"
+        return f"< {a / budget:.2f} (random search's median seed did not reach the target within {budget})"
     if math.isinf(a):
-        return f"> budget/{c:g} (TPE + ASHA's median seed never reached the target)"
+        return f"> {budget / c:.2f} (TPE + ASHA's median seed did not reach the target within {budget})"
     return f"{a / c:.2f}"
 
 

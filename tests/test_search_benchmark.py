@@ -47,9 +47,9 @@ def test_anytime_curve_counts_only_full_fidelity_values_in_logged_order():
 def test_medians_and_the_ratio_line():
     assert bench.median_budget([10, None, 30]) == 30
     assert math.isinf(bench.median_budget([None, None, 30]))
-    assert bench.ratio(20, 40) == "0.50"
-    assert bench.ratio(math.inf, 40).startswith("> budget/40")
-    assert bench.ratio(20, math.inf).startswith("< 20/budget")
+    assert bench.ratio(20, 40, 64) == "0.50"
+    assert bench.ratio(math.inf, 32, 64).startswith("> 2.00 ")  # TPE needed more than 64, random 32
+    assert bench.ratio(32, math.inf, 64).startswith("< 0.50 ")  # TPE needed 32, random more than 64
 
 
 def search_result(ratio="0.50"):
