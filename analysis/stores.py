@@ -22,6 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from study.settings import OneLineParser as OneLineParser  # noqa: PLC0414  (analysis.export, .report)
+from study.settings import first_line, masked
+
 DEFAULT_RESULTS_DIR = "results"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 OPTUNA_ENV = "AVB_OPTUNA_STORAGE"
@@ -41,11 +44,6 @@ class Stores:
     def out_dir(self, study: str, *parts: str) -> Path:
         """RESULTS/analysis/STUDY[/parts]: where the analysis of a study goes by default."""
         return self.results_dir.joinpath("analysis", study, *parts)
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return lines[0][:limit] if lines else ""
 
 
 def absolute_url(url: str, flag: str) -> str:
@@ -70,13 +68,6 @@ def find_stores(results_dir: str | Path | None = None, tracking_uri: str | None 
     return Stores(results, absolute_url(tracking, "--tracking-uri"), absolute_url(optuna_url, "--optuna-storage"))
 
 
-def masked(url: str) -> str:
-    """A store URL with its password replaced by *** (what error messages show)."""
-    import re
-
-    return re.sub(r"(//[^/:@]+:)[^/@]*@", r"\1***@", url)
-
-
 # ----------------------------------------------------------------------------- read-only checks
 def _sqlite_tables(path: Path, what: str, flag: str) -> set[str]:
     """Table names of an existing SQLite file, opened read-only (a missing file is never created)."""
@@ -98,7 +89,7 @@ def _server_answers(uri: str, flag: str) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
             response.read()
     except OSError as err:
-        raise AnalysisError(f"MLflow tracking server {masked(uri)} is unreachable ({one_line(err)}); start it "
+        raise AnalysisError(f"MLflow tracking server {masked(uri)} is unreachable ({first_line(err)}); start it "
                             f"or fix {flag} / ${TRACKING_ENV}") from None
 
 
@@ -113,7 +104,7 @@ def _database_tables(url: str, what: str, flag: str) -> set[str]:
         finally:
             engine.dispose()
     except Exception as err:  # noqa: BLE001  (drivers raise many kinds)
-        raise AnalysisError(f"{what} {masked(url)} cannot be opened ({type(err).__name__}: {one_line(err)}); "
+        raise AnalysisError(f"{what} {masked(url)} cannot be opened ({type(err).__name__}: {first_line(err)}); "
                             f"check the server, the URL and the password, or pass another {flag}") from None
 
 
@@ -140,7 +131,7 @@ def open_mlflow(uri: str, flag: str = "--tracking-uri"):
         client.search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001  (MLflow raises many kinds; the user needs one line)
         raise AnalysisError(f"the MLflow store {masked(uri)} cannot be read ({type(err).__name__}: "
-                            f"{one_line(err)}); fix or restore it, or pass another {flag}") from None
+                            f"{first_line(err)}); fix or restore it, or pass another {flag}") from None
     return client
 
 
@@ -166,7 +157,7 @@ def open_optuna(url: str, flag: str = "--optuna-storage"):
         storage.get_all_studies()
     except Exception as err:  # noqa: BLE001
         raise AnalysisError(f"the Optuna storage {masked(url)} cannot be read ({type(err).__name__}: "
-                            f"{one_line(err)}); fix or restore it, or pass another {flag}") from None
+                            f"{first_line(err)}); fix or restore it, or pass another {flag}") from None
     return storage
 
 
@@ -194,13 +185,6 @@ def check_out_dir(out: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- command lines
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (no usage block) and exit code 2."""
-
-    def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
-
-
 def add_store_flags(parser: argparse.ArgumentParser, optuna: bool) -> None:
     parser.add_argument("--study", required=True, help="the study's name (its MLflow experiment and Optuna study)")
     parser.add_argument("--results-dir", help=f"the folder study/run.py wrote (default: ./{DEFAULT_RESULTS_DIR})")
@@ -228,7 +212,7 @@ def run_cli(work: Callable[[], None]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except store_errors() as err:
-        print(f"error: reading the study's stores failed ({type(err).__name__}: {one_line(err)}); check that the "
+        print(f"error: reading the study's stores failed ({type(err).__name__}: {first_line(err)}); check that the "
               "store is intact and reachable, or restore it from a copy", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
