@@ -2,7 +2,11 @@
 
     python study/run.py --preset mnist --gpus-per-trial 0.5 --num-trials 32          # full MNIST (downloads)
     python study/run.py --preset mnist --set dataset=mnist_sample --set hidden=16 \\
-        --set adv_hidden=16 --iterations 2 --steps-per-iteration 50                  # CPU smoke run, no download
+        --set adv_hidden=16 --set eval_points=32 --set eval_samples=100 \\
+        --iterations 2 --steps-per-iteration 50                                     # CPU smoke run, no download
+
+(The validation evaluation at the preset's size, 512 images x 1,000 importance samples through the
+conv decoder, takes minutes per iteration on a CPU: a GPU's job.)
 
 For conv nets `hidden` / `adv_hidden` are the first layer's channel count
 (doubled at each downsampling; the fully connected layers on z are 8x wide,
