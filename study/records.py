@@ -49,13 +49,14 @@ def experiment(client: mlflow.MlflowClient, settings: StudySettings) -> str:
 
 def note_foreign_artifacts(location: str, settings: StudySettings) -> None:
     """A resumed copy of a study keeps its experiment's artifact location, which MLflow cannot change: say where
-    the pictures and checkpoints go when that is outside the results folder in use."""
+    the pictures and checkpoints go when that is not beside the SQLite store in use."""
     if not location.startswith("file://") or not settings.tracking_uri.startswith("sqlite:"):
         return
     folder = Path(urllib.parse.urlparse(location).path)
-    if not folder.is_relative_to(Path(settings.results_dir)):
+    store_folder = Path(settings.tracking_uri.removeprefix("sqlite:///")).parent
+    if not folder.is_relative_to(store_folder):  # a copied mlflow.db still names the original's folder
         print(f"note: this study's pictures and checkpoints go to {folder} (its MLflow experiment's artifact "
-              f"location, fixed when the study began), not under {settings.results_dir}", flush=True)
+              f"location, fixed when the study began), not beside its MLflow store in {store_folder}", flush=True)
 
 
 def parent_run(client: mlflow.MlflowClient, exp_id: str, settings: StudySettings, tags: dict) -> str:
