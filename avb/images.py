@@ -104,12 +104,12 @@ def once_per_node(root: Path, name: str) -> Iterator[None]:
         lock = FileLock(root / f".{name}.lock")
         lock.acquire()
     except OSError:
-        yield
-        return
+        lock = None
     try:
         yield
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def mnist(root: Path, seed: int) -> dict[str, Tensor]:
