@@ -63,8 +63,8 @@ OWN_ROW = ("trial_number", "trial_id", "run_id", "run_name", "status", "fate", "
            "error", "start_time", "end_time")  # trial_row's own columns
 ENDED = (Fate.FINISHED.value, Fate.STOPPED_EARLY.value)  # trials with a value to analyse
 
-__all__ = ["AnalysisError", "StudyRuns", "export", "history_frame", "latest_study", "list_studies", "load_history",
-           "load_trials", "open_study", "study_info", "trials_frame"]
+__all__ = ["AnalysisError", "StudyRuns", "best_config", "export", "history_frame", "latest_study", "list_studies",
+           "load_history", "load_trials", "open_study", "study_info", "trials_frame"]
 
 
 @dataclass
@@ -255,6 +255,23 @@ def load_trials(uri: str, study: str) -> pd.DataFrame:
 def study_info(uri: str, study: str) -> dict:
     """The study's settings: preset, iterations, steps_per_iteration, scheduler, parent_run_id, ..."""
     return open_study(uri, study).info
+
+
+def best_config(uri: str, study: str) -> tuple[Config, int]:
+    """(the Config of the study's best trial as its run logged it, its trial number): the trial chosen on
+    validation at the end of the study (the parent run's `best_trial_number`), for retraining it elsewhere."""
+    from search_spaces import load_preset
+
+    runs = open_study(uri, study)
+    info, number = runs.info, runs.info["best_trial_number"]
+    run = next((r for r in runs.trials if trial_number(r) == number), None)
+    if run is None:
+        raise AnalysisError(f"study {study!r} has no best trial on record (it has not finished); finish it first: "
+                            f"python study/run.py --resume --study-name {study}")
+    fixed = {k.removeprefix("set."): param_value(k.removeprefix("set."), str(v)) for k, v in info.items()
+             if k.startswith("set.")}
+    logged = {k: param_value(k, v) for k, v in run.data.params.items() if k in CONFIG_TYPES}
+    return load_preset(info["preset"]).BASE.replace(**fixed).replace(**logged), number
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> Path:

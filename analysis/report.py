@@ -52,10 +52,11 @@ from analysis.tables import (
     paired_table,
     paper_table,
     ranked,
+    rung_table,
     searched_params,
     test_table,
 )
-from search_spaces import load_preset
+from search_spaces import asha_settings, load_preset
 from trainables import tracking
 
 FIGURES = ("importances.png", "learning_curves.png", "params.png", "capacity.png", *PICTURES)
@@ -122,6 +123,32 @@ def test_section(trials: pd.DataFrame, runs: StudyRuns, paper: dict) -> str:
         notes_md([how]) if diff.empty and how else "")
 
 
+def estimator(trials: pd.DataFrame) -> str:
+    """How the trials estimated log_likelihood (their logged eval_* params; importance sampling before those)."""
+    first = trials.iloc[0] if len(trials) else {}
+    if first.get("eval_estimator") == "ais":
+        return (f"AIS with {first.get('eval_ais_temps')} temperatures x {first.get('eval_ais_chains')} chain(s) on "
+                f"{first.get('eval_points')} validation points")
+    return f"importance sampling with {first.get('eval_samples')} samples per point"
+
+
+def rung_section(trials: pd.DataFrame, history: pd.DataFrame, info: dict) -> str:
+    """ASHA studies: each trial's value at the first rung against its final value, and their rank correlation."""
+    if info.get("scheduler") != "asha" or not info.get("iterations"):
+        return ""
+    grace = asha_settings(info["preset"], int(info["iterations"]))["grace_period"]
+    table, rho = rung_table(trials, history, grace * int(info["steps_per_iteration"]))
+    if table.empty:
+        return ""
+    n = int((table["fate"] == "finished").sum())
+    verdict = (f"Spearman rank correlation between the rung's and the final values over the {n} trials that ran "
+               f"the full budget: {rho:.2f}" if n >= 3 else f"only {n} trial(s) ran the full budget: no correlation")
+    return section("ASHA's first rung against the end",
+                   f"ASHA stops trials at iteration {grace} (step {grace * int(info['steps_per_iteration']):,}) "
+                   "on their value there. Did that rank the trials as their final values do? " + verdict
+                   + " (1: the rung ranks exactly as the end; near 0: the rung is a coin toss).", markdown_table(table))
+
+
 def build_report(runs: StudyRuns, ostudy: optuna.Study, out: Path) -> str:
     """Write every figure into `out` and return report.md's text."""
     history = history_frame(runs)
@@ -134,7 +161,8 @@ def build_report(runs: StudyRuns, ostudy: optuna.Study, out: Path) -> str:
              f"Preset `{info['preset']}`, {len(trials)} trials ({', '.join(f'{v} {k}' for k, v in fates.items())}), "
              f"full budget {info.get('iterations')} iterations x {info.get('steps_per_iteration')} steps, scheduler "
              f"`{info.get('scheduler')}`, sampler `{info.get('sampler')}`; the study is {info['fate']}. Values are "
-             "the trials' final figures on the validation split (`log_likelihood`: nats, higher is better). "
+             "the trials' final figures on the validation split (`log_likelihood`: nats, higher is better, "
+             f"estimated by {estimator(trials)}). "
              f"MLflow: `{masked(runs.uri)}`, experiment `{runs.name}` ({link}).",
              section("Best trials", "Finished trials (the full budget) first. " + LABELS["adversary_elbo"]
                      + " is AVB's; the exact ELBO is the VAE's.", markdown_table(best_trials_table(trials)))]
@@ -160,6 +188,7 @@ def build_report(runs: StudyRuns, ostudy: optuna.Study, out: Path) -> str:
         markdown_table(importance_table(imps)) if imps else "", figure_md(imp_fig, "importances"),
         notes_md(notes)))
 
+    parts.append(rung_section(trials, history, info))
     curves = learning_curves_figure(trials, history, out / "learning_curves.png",
                                     reference=reference_lines(info["preset"]))
     parts.append(section("Learning curves", f"`log_likelihood` of the top {TOP_CURVES} trials against the "

@@ -21,7 +21,7 @@ METHODS = ("VAE", "AVB", "AVB+AC")
 BEST_ROWS = 10  # rows of the best-trials table
 PER_IMAGE = "test_per_image.json"  # artifact of the trials evaluated on the test set (study/final_eval.py)
 LABELS = {  # metric -> what the tables call it
-    "log_likelihood": "log p(x), importance sampled",
+    "log_likelihood": "log p(x) (the study's estimator)",
     "log_likelihood_se": "± over points",
     "reconstruction_error": "reconstruction error",
     "elbo": "ELBO (exact, VAE)",
@@ -99,7 +99,7 @@ def test_table(trials: pd.DataFrame) -> pd.DataFrame:
     done = ranked(trials[trials["test_log_likelihood"].notna()])
     cols = ["trial_number", "method", "final_log_likelihood", *[m for m in TEST_METRICS if m in done.columns]]
     table = done[cols].reset_index(drop=True)
-    return table.rename(columns={"final_log_likelihood": "validation log p(x), IS",
+    return table.rename(columns={"final_log_likelihood": "validation log p(x)",
                                  **{m: LABELS[m] for m in TEST_METRICS}})
 
 
@@ -116,6 +116,20 @@ def markdown_table(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def rung_table(trials: pd.DataFrame, history: pd.DataFrame, rung_step: int) -> tuple[pd.DataFrame, float]:
+    """Every trial's log_likelihood at ASHA's first rung (training step `rung_step`) next to its final one, and
+    the Spearman rank correlation of the two over the trials that ran the full budget (NaN for fewer than 3):
+    did the rung rank the trials as the end did?"""
+    at = history[(history["metric"] == "log_likelihood") & (history["step"] == rung_step)]
+    rung = at.drop_duplicates("trial_number", keep="last").set_index("trial_number")["value"]
+    table = trials[["trial_number", "method", "fate", "final_log_likelihood"]].copy()
+    table.insert(3, "at the rung", table["trial_number"].map(rung))
+    table = table[table["at the rung"].notna()].sort_values("at the rung", ascending=False).reset_index(drop=True)
+    full = table[table["fate"] == "finished"]
+    rho = (full["at the rung"].rank().corr(full["final_log_likelihood"].rank()) if len(full) >= 3 else float("nan"))
+    return table.rename(columns={"final_log_likelihood": "final"}), rho
 
 
 # ----------------------------------------------------------------------------- paired difference on the test set
@@ -174,4 +188,4 @@ def paired_table(trials: pd.DataFrame, client) -> tuple[pd.DataFrame, str]:
 
 
 __all__ = ["LABELS", "METHODS", "best_trial", "best_trials_table", "cell", "label", "markdown_table",
-           "paired_table", "paper_table", "ranked", "searched_params", "test_table"]
+           "paired_table", "paper_table", "ranked", "rung_table", "searched_params", "test_table"]

@@ -18,6 +18,7 @@ ADVERSARY_INPUTS = ("xz", "z")  # T(x, z) as in AVB, or T(z) as in an adversaria
 ADVERSARY_LOSSES = ("logistic", "kl")  # eq. 3.3, or the f-divergence (KL) form eq. 5.10
 LIKELIHOODS = ("bernoulli", "gaussian")
 ARCHS = ("mlp", "conv", "resnet")
+ESTIMATORS = ("is", "ais")  # log p(x) during training: importance sampling, or annealed importance sampling
 DATASETS = ("synthetic", "digits", "mnist_sample", "mnist", "celeba", "folder")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -65,6 +66,9 @@ class Config:
     # --- evaluation
     eval_samples: int = 20000  # importance samples per data point for log p(x)
     eval_points: int = 512  # validation points evaluated during training (all of the synthetic set)
+    eval_estimator: str = "is"  # the validation log p(x) that trials, ASHA and checkpoints rank by: is / ais
+    eval_ais_temps: int = 500  # eval_estimator='ais': temperatures ...
+    eval_ais_chains: int = 1  # ... and chains per point (docs/reproduction/estimators.md)
     # --- run
     seed: int = 0
     split_seed: int = 0  # seeded train / validation / test split of the data set (avb.data)
@@ -87,13 +91,14 @@ class Config:
             "arch": ARCHS,
             "dataset": DATASETS,
             "device": DEVICES,
+            "eval_estimator": ESTIMATORS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is unknown; allowed: {', '.join(allowed)}")
         for name in ("latent_dim", "noise_dim", "basis_size", "basis_hidden", "basis_depth", "hidden", "depth",
                      "adv_hidden", "adv_depth", "adv_inner", "batch_size", "steps", "adv_steps",
-                     "eval_samples", "eval_points"):
+                     "eval_samples", "eval_points", "eval_ais_chains"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer (>= 1)")
         for name in ("lr", "adv_lr"):
@@ -102,6 +107,8 @@ class Config:
         for name in ("beta1", "beta2", "adv_beta1", "adv_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be an Adam beta in [0, 1)")
+        if self.eval_ais_temps < 2:
+            raise ConfigError(f"eval_ais_temps={self.eval_ais_temps} must be >= 2 (AIS needs both ends of the path)")
         if self.split_seed < 0:
             raise ConfigError(f"split_seed={self.split_seed} must be >= 0")
         if self.kl_warmup_steps < 0:

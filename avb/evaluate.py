@@ -225,17 +225,26 @@ def kl_aggregate(trainer: Trainer, x: Tensor, n: int, g: torch.Generator) -> flo
         return knn_kl(z_q.float(), z_p.float())
 
 
-def evaluate(trainer: Trainer, x: Tensor, num_samples: int, seed: int = 1234) -> dict[str, float]:
+def evaluate(trainer: Trainer, x: Tensor, num_samples: int, seed: int = 1234, estimator: str | None = None
+             ) -> dict[str, float]:
     """The metrics of EVAL_METRICS that apply to this model, on the data points x (on the device):
-    `elbo` for the VAE, `adversary_elbo` for AVB."""
+    `elbo` for the VAE, `adversary_elbo` for AVB. `log_likelihood` comes from `estimator` (default: the
+    run's `eval_estimator`): importance sampling with `num_samples` per point, or AIS with the run's
+    `eval_ais_temps` x `eval_ais_chains` (docs/reproduction/estimators.md: on 32-D images only AIS is
+    biased alike for every encoder)."""
+    cfg = trainer.cfg
     g = torch.Generator(trainer.device).manual_seed(seed)
-    log_px, mc_se = log_likelihood(trainer, x, num_samples, g)
+    if (estimator or cfg.eval_estimator) == "ais":
+        log_px, mc_se = ais_per_point(trainer, x, num_temps=cfg.eval_ais_temps, num_chains=cfg.eval_ais_chains,
+                                      seed=seed)
+    else:
+        log_px, mc_se = log_likelihood(trainer, x, num_samples, g)
     # reconstruction error is heavy-tailed (rare codes in another point's region): use many samples
     rec, elbo = reconstruction_and_elbo(trainer, x, max(1, min(num_samples // 8, rows_per_chunk(x) // len(x))), g)
     return {
         **summary(log_px, mc_se, "log_likelihood"),
         "reconstruction_error": rec,
-        "elbo" if trainer.cfg.objective == "vae" else "adversary_elbo": elbo,
+        "elbo" if cfg.objective == "vae" else "adversary_elbo": elbo,
         "kl_qz_pz": kl_aggregate(trainer, x, 10000, g),
     }
 
@@ -266,8 +275,8 @@ def ais_start(trainer: Trainer, x: Tensor, g: torch.Generator, start: str = "pos
 
 
 def ais_per_point(trainer: Trainer, x: Tensor, *, num_temps: int, num_chains: int, leapfrog_steps: int = 10,
-                  start: str = "posterior", schedule: str = "linear", chunk: int = 256, seed: int = 1234
-                  ) -> tuple[Tensor, Tensor]:
+                  start: str = "posterior", schedule: str = "linear", chunk: int = 256, seed: int = 1234,
+                  q0_scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """AIS log p(x) per row of x and its Monte Carlo error over chains: CPU float64 ([B], [B]).
 
     x is processed `chunk` rows at a time (chunk * num_chains chains in one batch, one step
@@ -278,6 +287,7 @@ def ais_per_point(trainer: Trainer, x: Tensor, *, num_temps: int, num_chains: in
     with evaluating(trainer):
         for xc in x.split(chunk):
             mean, std = ais_start(trainer, xc, g, start)
+            std = q0_scale * std  # a wider q0 (q0_scale > 1) for encoders narrower than their posterior
             est, err = ais.ais_log_likelihood(trainer.models.decoder.log_prob, xc, mean, std, num_temps=num_temps,
                                               num_chains=num_chains, leapfrog_steps=leapfrog_steps,
                                               schedule=schedule, generator=g)

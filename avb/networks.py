@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from avb.config import Config
 
+VAR_FLOOR = 1e-4  # added to Var[z|x] of the basis encoder, as the authors' r(z|x)
+
 
 @dataclass
 class EncoderOutput:
@@ -39,6 +41,28 @@ def mlp(sizes: list[int], slope: float = 0.2, last_scale: float = 1.0) -> nn.Seq
         layers[-1].weight.mul_(last_scale)
         layers[-1].bias.zero_()
     return nn.Sequential(*layers)
+
+
+def centre(x: Tensor) -> Tensor:
+    """Pixels in [0, 1] mapped to [-1, 1], as the authors' encoders take them (`x = 2*x - 1`)."""
+    return 2 * x - 1
+
+
+class Centre(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return centre(x)
+
+
+def centred_mlp(sizes: list[int]) -> nn.Sequential:
+    """An encoder's MLP on centred pixels: `mlp(sizes)` after 2x - 1."""
+    return nn.Sequential(Centre(), *mlp(sizes))
+
+
+def init_near_zero(layer: nn.Linear, sd: float = 1e-5) -> None:
+    """Weights ~ N(0, sd^2), bias 0: the authors' initialisation of the layers that emit z."""
+    with torch.no_grad():
+        layer.weight.normal_(0, sd)
+        layer.bias.zero_()
 
 
 class ParallelMLP(nn.Module):
@@ -65,25 +89,25 @@ class ParallelMLP(nn.Module):
 
 
 class BlackBoxEncoder(nn.Module):
-    """z = f(x, eps): eps concatenated to the input and projected onto every unit of each
-    hidden layer (paper section 4; the authors' fully connected MNIST encoder adds a learned
-    projection of eps to each layer)."""
+    """z = f(x, eps) as the authors' fully connected encoder (`full0.py`): the input centred
+    (2x - 1), then a learned linear projection of eps added before the first layer (the same
+    as concatenating it to x) and after every hidden layer, and an output layer whose
+    weights start at sd 1e-5, so that q(z|x) starts as a point mass near 0 (paper section 4)."""
 
     def __init__(self, x_dim: int, cfg: Config):
         super().__init__()
         self.noise_size = cfg.noise_dim
         widths = [cfg.hidden] * cfg.depth
-        self.layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in
-                                    zip([x_dim + cfg.noise_dim] + widths[:-1], widths))
-        self.noise = nn.ModuleList(nn.Linear(cfg.noise_dim, w, bias=False) for w in widths[1:])
+        self.layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip([x_dim] + widths[:-1], widths))
+        # eps -> every unit of the input and of each hidden layer (the authors' `add_linear`)
+        self.noise = nn.ModuleList(nn.Linear(cfg.noise_dim, w, bias=False) for w in [x_dim] + widths)
         self.out = nn.Linear(widths[-1], cfg.latent_dim)
-        with torch.no_grad():
-            self.out.bias.zero_()
+        init_near_zero(self.out)
 
     def forward(self, x: Tensor, eps: Tensor) -> EncoderOutput:
-        h = F.leaky_relu(self.layers[0](torch.cat([x.flatten(1), eps], dim=1)), 0.2)  # [B, hidden]
-        for layer, noise in zip(self.layers[1:], self.noise):
-            h = F.leaky_relu(layer(h) + noise(eps), 0.2)  # eps reaches every unit of every layer
+        h = centre(x.flatten(1)) + self.noise[0](eps)  # [B, x_dim]
+        for layer, noise in zip(self.layers, self.noise[1:]):
+            h = F.leaky_relu(layer(h), 0.2) + noise(eps)  # [B, hidden]: eps reaches every unit of every layer
         return EncoderOutput(self.out(h))
 
 
@@ -93,26 +117,33 @@ class BasisEncoder(nn.Module):
     Since v_i sees only noise, its moments are estimated over the batch, which
     gives the moments of q(z|x) that Adaptive Contrast needs:
     E[z|x] = z0 + sum_i a_i E[v_i],  Var[z|x] = sum_i a_i^2 Var[v_i].
+
+    As the authors' `full0_ac.py` / `conv0_ac.py`: a_i = elu(h_i - 5) + 1 (about 0.007 at
+    initialisation), the z0 weights start at sd 1e-5, x centred (2x - 1) by the trunk, and
+    sd(z|x) = sqrt(Var[z|x] + 1e-4): q(z|x) starts narrow, near 0.
     """
 
-    def __init__(self, x_dim: int, cfg: Config, trunk: nn.Module | None = None):
+    def __init__(self, x_dim: int, cfg: Config, trunk: nn.Sequential | None = None):
         super().__init__()
         self.k, self.d, self.noise_dim = cfg.basis_size, cfg.latent_dim, cfg.noise_dim
         self.noise_size = cfg.basis_size * cfg.noise_dim
-        # trunk: flattened x [B, x_dim] -> [B, D * (1 + K)]; avb.conv passes a convolutional one
-        self.trunk = trunk if trunk is not None else mlp([x_dim] + [cfg.hidden] * cfg.depth
-                                                         + [cfg.latent_dim * (1 + cfg.basis_size)])
+        # trunk: flattened x [B, x_dim] -> [B, D * (1 + K)], ending in a Linear; avb.conv passes a convolutional one
+        self.trunk = trunk if trunk is not None else centred_mlp([x_dim] + [cfg.hidden] * cfg.depth
+                                                                 + [cfg.latent_dim * (1 + cfg.basis_size)])
+        with torch.no_grad():  # z0's rows of the last layer near zero, every bias zero
+            self.trunk[-1].weight[: self.d].normal_(0, 1e-5)
+            self.trunk[-1].bias.zero_()
         self.basis = ParallelMLP(self.k, [cfg.noise_dim] + [cfg.basis_hidden] * cfg.basis_depth + [cfg.latent_dim])
 
     def forward(self, x: Tensor, eps: Tensor) -> EncoderOutput:
         h = self.trunk(x.flatten(1))
-        z0, a = h[:, : self.d], F.softplus(h[:, self.d:]).view(-1, self.k, self.d)  # a: [B, K, D]
+        z0, a = h[:, : self.d], (F.elu(h[:, self.d:] - 5) + 1).view(-1, self.k, self.d)  # a: [B, K, D], > 0
         eps = eps.view(-1, self.k, self.noise_dim).transpose(0, 1)  # [K, B, noise_dim]
         v = self.basis(eps).transpose(0, 1)  # [B, K, D]
         v_mean, v_var = v.mean(0), v.var(0, correction=min(1, len(v) - 1))  # [K, D], over the batch: v ignores x
         z = z0 + (a * v).sum(1)
         mean = z0 + (a * v_mean).sum(1)
-        std = ((a**2 * v_var).sum(1) + 1e-8).sqrt()
+        std = ((a**2 * v_var).sum(1) + VAR_FLOOR).sqrt()  # the authors' r(z|x): sqrt(Var + 1e-4)
         return EncoderOutput(z, mean, std)
 
 
@@ -123,7 +154,7 @@ class GaussianEncoder(nn.Module):
         super().__init__()
         self.noise_size = cfg.latent_dim
         # net: flattened x [B, x_dim] -> [B, 2D]; avb.conv passes a convolutional one
-        self.net = net if net is not None else mlp([x_dim] + [cfg.hidden] * cfg.depth + [2 * cfg.latent_dim])
+        self.net = net if net is not None else centred_mlp([x_dim] + [cfg.hidden] * cfg.depth + [2 * cfg.latent_dim])
 
     def forward(self, x: Tensor, eps: Tensor) -> EncoderOutput:
         mean, log_std = self.net(x.flatten(1)).chunk(2, dim=1)

@@ -167,7 +167,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["config"] != self.cfg.to_dict():
+        if Config.from_dict(state["config"]).to_dict() != self.cfg.to_dict():  # fields added since: defaults
             raise ValueError("checkpoint was written by a different config; build the Trainer from its config "
                              "(Config.from_dict(state['config']))")
         self.models.load_state_dict(state["models"])  # strict: every tensor must match

@@ -12,7 +12,8 @@ docs/reproduction/posterior.md and posterior.png with:
 - the exact posterior on a grid next to a histogram of many encoder samples (the figure);
 - the total variation TV(q(.|x), p(.|x)) = 0.5 sum_cells |Q - P| per data point, next to its
   sampling floor: the TV of a histogram of as many draws from p(z|x) itself (the value a
-  perfect encoder would get with this many samples on this grid);
+  perfect encoder would get with this many samples on this grid), at each bin width of
+  --cells (TV depends on it: fine bins see detail that coarse bins average away);
 - the exact log p(x) by grid integration next to the project's estimates: importance
   sampling (avb.evaluate, as in Table 1) and AIS (one protocol for every model).
 """
@@ -86,19 +87,20 @@ def sampling_floor(p: torch.Tensor, samples: int, repeats: int, g: torch.Generat
     return torch.stack(tvs).mean(0)
 
 
-def trained(name: str, changes: dict, runs: Path, steps: int, seed: int) -> tuple[Trainer, str]:
+def trained(name: str, changes: dict, runs: Path, steps: int, seed: int, device: str) -> tuple[Trainer, str]:
     """The reproduction's checkpoint of this method when it has the recipe's config, else a fresh run."""
     cfg = RECIPE.replace(**changes, steps=steps, seed=seed)
     path = runs / name / checkpoint.FILENAME
     try:
-        trainer = checkpoint.load(path)
-        same = trainer.cfg.replace(eval_samples=cfg.eval_samples, eval_points=cfg.eval_points) == cfg  # the model
+        trainer = checkpoint.load(path, device)
+        same = trainer.cfg.replace(eval_samples=cfg.eval_samples, eval_points=cfg.eval_points,
+                                   device=cfg.device) == cfg  # the model
         if same and trainer.step_count == steps:
             return trainer, f"loaded {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
     except CheckpointError:
         pass
-    data = load_dataset(cfg, "cpu")
-    trainer = Trainer(cfg, data.x_shape)
+    data = load_dataset(cfg, device)
+    trainer = Trainer(cfg, data.x_shape, device)
     fit(trainer, data, steps)
     return trainer, f"trained here ({steps} steps)"
 
@@ -121,20 +123,26 @@ def figure(rows: dict, lim: float, n: int, path: Path) -> None:
 
 
 def report(results: dict, args: argparse.Namespace, seconds: float) -> str:
-    cmd = "python benchmarks/posterior.py" + (" --smoke" if args.smoke else "")
+    cmd = "python benchmarks/posterior.py" + (" --smoke" if args.smoke else "") + (
+        f" --device {args.device}" if args.device != "cpu" else "")
     lines = ["# The exact-posterior check (synthetic set)", "",
-             f"`{cmd}` — {time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} CPU threads, {seconds / 60:.1f} min. "
-             f"Grid [-{args.lim}, {args.lim}]^2 in {args.cells}x{args.cells} cells; {args.samples:,} encoder "
+             f"`{cmd}` — {time.strftime('%Y-%m-%d')}, {args.device_name}, {seconds / 60:.1f} min. "
+             f"Grid [-{args.lim}, {args.lim}]^2 in {' and '.join(f'{n}x{n}' for n in args.cells)} cells (the exact "
+             f"log p(x) from the first); {args.samples:,} encoder "
              f"samples per data point; the sampling floor is the mean TV of {args.samples:,} draws from p(z|x) "
              f"itself ({args.repeats} repeats).", "",
              "Models: " + "; ".join(f"{k}: {v['source']}" for k, v in results.items()) + ".", "",
-             "## Total variation between q(z|x) and the exact p(z|x)", "",
-             "| method | " + " | ".join(f"x{i + 1}" for i in range(4)) + " | mean | sampling floor |",
-             "|---|" + "---:|" * 6]
-    for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in r["tv"]) + f" | {r['tv'].mean():.3f} | "
-                     f"{r['floor'].mean():.3f} |")
-    lines += ["", "TV is in [0, 1]: 0 is a perfect encoder, 1 disjoint supports. Above the floor by "
+             "## Total variation between q(z|x) and the exact p(z|x)", ""]
+    for n in args.cells:
+        lines += [f"Bins of width {2 * args.lim / n:.3f} ({n} x {n} cells):", "",
+                  "| method | " + " | ".join(f"x{i + 1}" for i in range(4)) + " | mean | sampling floor |",
+                  "|---|" + "---:|" * 6]
+        for name, r in results.items():
+            tv, floor = r["tv"][n], r["floor"][n]
+            lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in tv) + f" | {tv.mean():.3f} | "
+                         f"{floor.mean():.3f} |")
+        lines.append("")
+    lines += ["TV is in [0, 1]: 0 is a perfect encoder, 1 disjoint supports. Above the floor by "
               "more than a few thousandths means q(z|x) differs from p(z|x), not just sampling noise.", "",
               "## log p(x): exact (grid) against the estimators", "",
               "| method | exact (grid) | IS (avb.evaluate) | IS - exact | AIS (encoder start) | AIS - exact |",
@@ -159,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="reproduce_table1.py's checkpoints, reused when their config matches "
                              "(default: runs/reproduction)")
     parser.add_argument("--lim", type=float, default=5.0, help="grid half-width (default: 5.0)")
-    parser.add_argument("--cells", type=int, default=200, help="grid cells per side (default: 200)")
+    parser.add_argument("--cells", type=int, nargs="+", default=[200, 60],
+                        help="grid cells per side, one TV table per value (default: 200 60: bins of 0.05 and 0.167)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: cpu)")
     parser.add_argument("--samples", type=int, default=1_000_000, help="encoder samples per point (default: 1000000)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the sampling floor (default: 5)")
     parser.add_argument("--is-samples", type=int, default=100_000, help="importance samples (default: 100000)")
@@ -171,30 +181,37 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: off)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.steps, args.cells, args.samples, args.repeats = 30, 40, 2000, 1
+        args.steps, args.cells, args.samples, args.repeats = 30, [40, 20], 2000, 1
         args.is_samples, args.ais_temps, args.ais_chains = 2000, 10, 2
+    args.device_name = (torch.cuda.get_device_name() if args.device == "cuda"
+                        else f"{torch.get_num_threads()} CPU threads")
     t0, g = time.perf_counter(), torch.Generator().manual_seed(args.seed)
-    z, h = grid(args.lim, args.cells)
+    g_device = torch.Generator(args.device).manual_seed(args.seed)
+    grids = {n: grid(args.lim, n) for n in args.cells}
     results, rows = {}, {}
     for name, changes in METHODS.items():
-        trainer, source = trained(slug(name), changes, Path(args.runs), args.steps, args.seed)
-        x = load_dataset(trainer.cfg, "cpu").test  # the four images
-        p, exact = exact_posterior(trainer, x, z, h)
+        trainer, source = trained(slug(name), changes, Path(args.runs), args.steps, args.seed, args.device)
+        x = load_dataset(trainer.cfg, trainer.device).test  # the four images
+        exact_p = {n: exact_posterior(trainer, x, z.to(trainer.device), h) for n, (z, h) in grids.items()}
         with evaluating(trainer):
-            samples = torch.cat([posterior_samples(trainer, x, 100_000, g) for _ in
+            samples = torch.cat([posterior_samples(trainer, x, 100_000, g_device).cpu() for _ in
                                  range(math.ceil(args.samples / 100_000))], 1)[:, : args.samples] \
-                if args.samples > 100_000 else posterior_samples(trainer, x, args.samples, g)
-        q = torch.stack([histogram(s, args.lim, args.cells) for s in samples])
+                if args.samples > 100_000 else posterior_samples(trainer, x, args.samples, g_device).cpu()
+        q = {n: torch.stack([histogram(s, args.lim, n) for s in samples]) for n in args.cells}
+        p = {n: exact_p[n][0].cpu() for n in args.cells}
+        exact = exact_p[args.cells[0]][1].cpu()
         is_, is_mc = per_point_log_likelihood(trainer, x, args.is_samples, seed=args.seed)
         ais, ais_mc = ais_per_point(trainer, x, num_temps=args.ais_temps, num_chains=args.ais_chains, seed=args.seed)
-        results[name] = {"source": source, "tv": total_variation(p, q), "floor": sampling_floor(p, args.samples,
-                         args.repeats, g), "exact": exact, "is": is_, "is_mc": is_mc, "ais": ais, "ais_mc": ais_mc}
-        rows[name] = (p, q)
-        print(f"{name} ({source}): TV {results[name]['tv'].numpy().round(3)} floor "
-              f"{results[name]['floor'].mean():.3f}; log p(x) exact {exact.mean():.4f} IS {is_.mean():.4f} "
-              f"AIS {ais.mean():.4f}", flush=True)
+        results[name] = {"source": source, "tv": {n: total_variation(p[n], q[n]) for n in args.cells},
+                         "floor": {n: sampling_floor(p[n], args.samples, args.repeats, g) for n in args.cells},
+                         "exact": exact, "is": is_, "is_mc": is_mc, "ais": ais, "ais_mc": ais_mc}
+        rows[name] = (p[args.cells[0]], q[args.cells[0]])
+        print(f"{name} ({source}): " + "; ".join(
+            f"{n}x{n}: TV {results[name]['tv'][n].mean():.3f} floor {results[name]['floor'][n].mean():.3f}"
+            for n in args.cells) + f"; log p(x) exact {exact.mean():.4f} IS {is_.mean():.4f} AIS {ais.mean():.4f}",
+              flush=True)
     out = Path(args.out)
-    figure(rows, args.lim, args.cells, out / "posterior.png")
+    figure(rows, args.lim, args.cells[0], out / "posterior.png")
     (out / "posterior.md").write_text(report(results, args, time.perf_counter() - t0))
     print(f"wrote {out / 'posterior.md'} and {out / 'posterior.png'}")
     return 0

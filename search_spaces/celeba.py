@@ -5,14 +5,17 @@
 Needs the CelebA files under DATA_ROOT/celeba (see avb/images.py); they are
 never downloaded automatically. Values in [0, 1] with a Gaussian likelihood.
 Splits: the official train / valid / test partition; trials are scored on
-validation images, the final AIS on test images.
+validation images by AIS (1,000 temperatures: importance sampling with a Gaussian
+proposal is biased by how Gaussian each encoder is, docs/reproduction/estimators.md;
+not yet checked on this decoder), the final AIS on test images.
 """
 
 from avb.config import Config
 
 BASE = Config(dataset="celeba", data_root="data", arch="resnet", likelihood="gaussian", latent_dim=64,
               noise_dim=64, basis_size=32, hidden=32, depth=1, adv_hidden=32, adv_depth=1, batch_size=64, lr=1e-4,
-              adv_lr=1e-4, eval_samples=200, eval_points=256)
+              adv_lr=1e-4, eval_samples=200, eval_points=256, eval_estimator="ais", eval_ais_temps=1000,
+              eval_ais_chains=1)
 ITERATIONS = 20
 STEPS_PER_ITERATION = 2000
 
@@ -25,8 +28,9 @@ PAPER: dict = {}  # the paper shows CelebA samples only (Figure 6), no figures t
 FINAL_AIS = {"num_temps": 500, "num_chains": 4, "points": 64}
 
 
-def space(trial) -> dict | None:
-    """Define-by-run space (Optuna). `adv_inner` is unused by this adversary, so it is not searched."""
+def space(trial, base: Config) -> dict | None:
+    """Define-by-run space (Optuna); `base`, the study's Config, is not needed here.
+    `adv_inner` is unused by this adversary, so it is not searched."""
     trial.suggest_int("adv_hidden", 16, 64, log=True)
     trial.suggest_int("adv_depth", 1, 3)
     trial.suggest_float("lr", 1e-5, 1e-3, log=True)

@@ -37,8 +37,9 @@ PAPER = {  # Table 1 of the paper. AVB's "ELBO" there is the adversary's estimat
 }
 
 
-def space(trial) -> dict | None:
-    """Define-by-run space (Optuna). Only suggests.
+def space(trial, base: Config) -> dict | None:
+    """Define-by-run space (Optuna); `base`, the study's Config, is not needed here.
+    Only suggests.
 
     The VAE (the paper's baseline) has no adversary, so its branch suggests the
     learning rate alone; Adaptive Contrast needs the noise-basis encoder.

@@ -22,11 +22,17 @@ def ui_hint(settings: StudySettings, exp_id: str) -> str:
     return f"open {masked(link)} (on a cluster, forward the port first: ray attach cluster.yaml -p 5000)"
 
 
-def print_best(best, paper: dict) -> None:
+def method(settings: StudySettings, config: dict) -> str:
+    """The method of a trial: its searched values on top of the study's base Config (the preset with --set)."""
+    searched = {k: v for k, v in config.items() if k != tracking.TRIAL_NUMBER}
+    return tracking.method_of(settings.base_config().replace(**searched).to_dict())
+
+
+def print_best(best, paper: dict, settings: StudySettings) -> None:
     params = ", ".join(f"{k}={tracking.format_value(v)}" for k, v in sorted(best.config.items())
                        if k != tracking.TRIAL_NUMBER)
     print(f"best trial {best.config.get(tracking.TRIAL_NUMBER)} "
-          f"({tracking.method_of(best.config)}, chosen on validation): {params}")
+          f"({method(settings, best.config)}, chosen on validation): {params}")
     print(f"{'metric (validation)':<24}{'best trial':>12}" + "".join(f"{name:>12}" for name in paper))
     for key in SHOWN:
         if key in best.metrics:
@@ -68,7 +74,7 @@ def summarize(settings: StudySettings, results, recorder) -> int:
     finished = [r for r in results if fates[id(r)] is Fate.FINISHED]
     if finished:
         best = max(finished, key=lambda r: r.metrics["log_likelihood"])
-        print_best(best, load_preset(settings.preset).PAPER)
+        print_best(best, load_preset(settings.preset).PAPER, settings)
         client.log_metric(parent, "best_log_likelihood", best.metrics["log_likelihood"])
         client.set_tag(parent, "best_trial_number", str(best.config.get(tracking.TRIAL_NUMBER)))
         if getattr(load_preset(settings.preset), "FINAL_AIS", None) and settings.final_ais > 0:

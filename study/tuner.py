@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
 import optuna
 import yaml
 
-from search_spaces import load_preset
+from search_spaces import asha_settings, load_preset
 from study.recorder import Recorder
 from study.searcher import SAMPLERS, StudySearch
 from study.settings import StudyError, StudySettings
@@ -141,7 +142,8 @@ def make_searcher(settings: StudySettings) -> StudySearch:
     preset = load_preset(settings.preset)
     baselines = preset.BASELINES[: settings.num_trials] if settings.baselines else None  # none left queued
     return StudySearch(
-        preset.space, metric=METRIC, mode=MODE, points_to_evaluate=baselines or None,
+        functools.partial(preset.space, base=settings.base_config()), metric=METRIC, mode=MODE,
+        points_to_evaluate=baselines or None,
         sampler=SAMPLERS[settings.sampler](seed=settings.seed), study_name=settings.study_name,
         storage=optuna.storages.RDBStorage(settings.optuna_storage), full_iterations=settings.iterations,
         fixed=settings.overrides)
@@ -153,7 +155,7 @@ def make_scheduler(settings: StudySettings):
     if settings.scheduler == "none":
         return None
     return ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=settings.iterations,
-                         grace_period=max(1, settings.iterations // 4), reduction_factor=2)
+                         **asha_settings(settings.preset, settings.iterations))
 
 
 def run_config(settings: StudySettings, recorder: Recorder):

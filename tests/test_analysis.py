@@ -184,6 +184,17 @@ def test_export_from_another_directory_writes_one_row_per_trial(study, tmp_path)
 
 
 @pytest.mark.slow
+def test_best_config_is_the_best_trial_as_it_ran(study):
+    """What benchmarks/images.py --from-study retrains: the Config of the trial the study chose on validation."""
+    cfg, number = export.best_config(study["uri"], STUDY)
+    runs = export.open_study(study["uri"], STUDY)
+    assert number == runs.info["best_trial_number"] is not None
+    run = next(r for r in runs.trials if export.trial_number(r) == number)
+    logged = {k: export.param_value(k, v) for k, v in run.data.params.items() if k in export.CONFIG_TYPES}
+    assert logged and all(getattr(cfg, k) == v for k, v in logged.items())
+    assert cfg.hidden == 16 and tracking.method_of(cfg.to_dict()) == run.data.tags[tracking.METHOD]
+
+
 def test_export_reads_mlflow_tracking_uri(study, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no ./results here: the store comes from the environment, as on a cluster head
     monkeypatch.setenv("MLFLOW_TRACKING_URI", study["uri"])
@@ -420,3 +431,18 @@ def test_errors_as_a_user_sees_them(stores, tmp_path, module, case):
     out = run_module(module, args, cwd=tmp_path)
     assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ") and message in out.stderr, out.stderr
+
+
+def test_rung_table_ranks_the_rung_against_the_end():
+    import pandas as pd
+
+    trials = pd.DataFrame({"trial_number": [0, 1, 2, 3], "method": ["AVB+AC"] * 4,
+                           "fate": ["finished", "finished", "finished", "stopped_early"],
+                           "final_log_likelihood": [-100.0, -110.0, -105.0, -130.0]})
+    rows = [(n, step, v) for n, values in {0: (-120, -100), 1: (-115, -110), 2: (-118, -105), 3: (-130,)}.items()
+            for step, v in zip((4000, 8000), values)]
+    history = pd.DataFrame(rows, columns=["trial_number", "step", "value"]).assign(metric="log_likelihood")
+    table, rho = tables.rung_table(trials, history, 4000)
+    assert list(table["trial_number"]) == [1, 2, 0, 3]  # best at the rung first
+    assert rho == pytest.approx(-1.0)  # the rung ranked the three finished trials backwards
+    assert math.isnan(tables.rung_table(trials.head(2), history, 4000)[1])  # fewer than 3 finished

@@ -60,6 +60,17 @@ def test_checkpoint_from_another_config_is_refused(tiny, tmp_path):
         other.load_state_dict(torch.load(path, weights_only=True))
 
 
+def test_checkpoint_written_before_a_config_field_was_added_still_loads(tiny, tmp_path):
+    """A field added to Config later (with its default) does not make older checkpoints unreadable."""
+    data = load_dataset(tiny, "cpu")
+    path = checkpoint.save(run(Trainer(tiny, data.x_shape), data, 2), tmp_path / "trainer.pt")
+    state = torch.load(path, weights_only=True)
+    for name in ("eval_estimator", "eval_ais_temps", "eval_ais_chains"):  # added after the first checkpoints
+        del state["config"][name]
+    torch.save(state, path)
+    assert checkpoint.load(path).step_count == 2
+
+
 def test_checkpoints_load_with_weights_only(tiny, tmp_path):
     data = load_dataset(tiny, "cpu")
     path = checkpoint.save(run(Trainer(tiny, data.x_shape), data, 2), tmp_path / "trainer.pt",

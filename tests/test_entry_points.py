@@ -74,7 +74,7 @@ def test_folder_with_a_broken_image_is_one_line(tmp_path):
 def test_help_of_every_entry_point_states_defaults(tmp_path):
     for args in (["-m", "avb"], [str(ROOT / "study" / "run.py")], [str(ROOT / "benchmarks" / "speed.py")],
                  [str(ROOT / "benchmarks" / "reproduce_table1.py")], [str(ROOT / "benchmarks" / "posterior.py")],
-                 [str(ROOT / "benchmarks" / "images.py")]):
+                 [str(ROOT / "benchmarks" / "images.py")], [str(ROOT / "benchmarks" / "estimators.py")]):
         out = run([*args, "--help"], tmp_path)
         assert out.returncode == 0 and "default" in out.stdout, args
 
@@ -115,3 +115,25 @@ def test_speed_benchmark_smoke_run(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith("| synthetic, paper size")]
     assert rows and float(rows[0][5]) > 0, out.stdout  # the it/s column
+    paired = [line.split("|") for line in out.stdout.splitlines() if line.startswith("| mnist_mlp, ")]
+    assert len(paired) == 2 and all(float(r[3]) > 0 and float(r[4]) > 0 for r in paired), out.stdout
+
+
+@pytest.mark.slow
+def test_estimator_benchmark_smoke_run(tmp_path):
+    from avb import checkpoint
+    from avb.config import Config
+    from avb.train import Trainer
+
+    paths = []
+    for name, changes in (("VAE", dict(objective="vae", encoder="gaussian")), ("AVB+AC", dict(encoder="basis"))):
+        cfg = Config(dataset="digits", latent_dim=4, noise_dim=4, basis_size=2, basis_hidden=8, hidden=16,
+                     adv_hidden=16, adv_inner=8, **changes)
+        paths.append(f"{name}={checkpoint.save(Trainer(cfg, (1, 8, 8)), tmp_path / name / 'trainer.pt')}")
+    out = run([str(ROOT / "benchmarks" / "estimators.py"), "--smoke", *paths, "--out", str(tmp_path / "e.md")],
+              tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = (tmp_path / "e.md").read_text()
+    assert "| AIS 500 x 1 | " in doc and "| VAE | AVB+AC |" in doc
+    bad = run([str(ROOT / "benchmarks" / "estimators.py"), f"VAE={tmp_path / 'none.pt'}"], tmp_path)
+    assert bad.returncode == 2 and "expected METHOD=CHECKPOINT" in bad.stderr

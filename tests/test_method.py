@@ -11,6 +11,7 @@ from avb.config import Config
 from avb.data import load_dataset, synthetic
 from avb.evaluate import log_likelihood
 from avb.models import build_models, parameter_counts
+from avb.networks import VAR_FLOOR
 from avb.train import Trainer, weights_finite
 
 
@@ -101,7 +102,24 @@ def test_basis_encoder_moments_match_samples(tiny):
     with torch.no_grad():
         out = enc(x, torch.randn(20000, enc.noise_size))
     assert torch.allclose(out.mean[0], out.z.mean(0), atol=0.02)
-    assert torch.allclose(out.std[0], out.z.std(0), rtol=0.03)
+    # std is the authors' r(z|x): sqrt(Var[z|x] + VAR_FLOOR)
+    assert torch.allclose((out.std[0] ** 2 - VAR_FLOOR).sqrt(), out.z.std(0), rtol=0.03)
+
+
+@pytest.mark.parametrize("encoder", ["basis", "blackbox"])
+def test_implicit_encoders_start_narrow_as_the_authors(encoder):
+    """With the authors' initialisation (a_i = elu(h - 5) + 1, z layers at sd 1e-5, x centred), q(z|x) of the
+    images.md networks starts near a point mass at 0: mean sd(z|x) about 0.003 (softplus coefficients and
+    default inits gave 0.32), not the prior's 1."""
+    cfg = Config(dataset="mnist_sample", latent_dim=32, noise_dim=64, hidden=300, depth=2, basis_size=32,
+                 basis_hidden=128, basis_depth=3, encoder=encoder, adaptive_contrast=encoder == "basis")
+    torch.manual_seed(0)
+    enc = build_models(cfg, (1, 28, 28)).encoder
+    x = (torch.rand(16, 1, 28, 28) > 0.8).float().repeat_interleave(256, 0)  # 256 draws of q(z|x) per image
+    with torch.no_grad():
+        z = enc(x, torch.randn(len(x), enc.noise_size)).z.view(16, 256, 32)
+    assert z.std(1).mean() < 0.01
+    assert z.mean(1).abs().mean() < 0.01
 
 
 def test_adaptive_contrast_identity():
@@ -189,8 +207,8 @@ def test_parameter_counts_and_noise_in_every_layer(tiny):
     assert counts["total"] == counts["encoder"] + counts["decoder"] + counts["adversary"] > 0
     assert parameter_counts(build_models(tiny.replace(objective="vae", encoder="gaussian"), (1, 2, 2)))[
         "adversary"] == 0
-    enc = models.encoder  # black box: eps concatenated to x and projected onto each further hidden layer
-    assert len(enc.noise) == 2 and all(layer.weight.shape == (32, tiny.noise_dim) for layer in enc.noise)
+    enc = models.encoder  # black box: eps projected onto the input and onto every hidden layer (authors' add_linear)
+    assert [tuple(layer.weight.shape) for layer in enc.noise] == [(4, tiny.noise_dim)] + [(32, tiny.noise_dim)] * 3
     eps = torch.randn(8, tiny.noise_dim, requires_grad=True)
     enc(synthetic().repeat(2, 1, 1, 1), eps).z.sum().backward()
     assert all(layer.weight.grad.abs().sum() > 0 for layer in enc.noise)

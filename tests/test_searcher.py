@@ -1,5 +1,6 @@
 """The searcher records each trial's fate truthfully in Optuna (no Ray needed: it is driven as Tune drives it)."""
 
+import functools
 import math
 
 import optuna
@@ -12,8 +13,14 @@ from study.searcher import NUMBER_KEY, DivergenceAwareTPE, StudySearch
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
+def preset_space(name="synthetic", **fixed):
+    """The preset's space as the study hands it to the searcher: with the study's base Config."""
+    preset = load_preset(name)
+    return functools.partial(preset.space, base=preset.BASE.replace(**fixed))
+
+
 def searcher(storage=None, full_iterations=4, fixed=None, space=None, sampler=None, name="s"):
-    return StudySearch(space or load_preset("synthetic").space, metric="log_likelihood", mode="max",
+    return StudySearch(space or preset_space(), metric="log_likelihood", mode="max",
                        sampler=sampler or optuna.samplers.TPESampler(seed=0), study_name=name,
                        storage=storage or optuna.storages.InMemoryStorage(), full_iterations=full_iterations,
                        fixed=fixed)
@@ -173,3 +180,11 @@ def test_saved_state_holds_no_storage_url_and_resumes_on_the_storage_given(tmp_p
     restored.on_trial_complete("b", result(-1.4, 4))  # a trial asked for before the save finishes after it
     states = {t.user_attrs["tune_trial_id"]: t.state for t in optuna.load_study(study_name="s", storage=url).trials}
     assert states == {"a": TrialState.COMPLETE, "b": TrialState.COMPLETE}
+
+
+def test_a_vae_study_of_the_mnist_mlp_preset_searches_no_adversary():
+    fixed = {"objective": "vae", "encoder": "gaussian", "adaptive_contrast": False}
+    vae = searcher(space=preset_space("mnist_mlp", **fixed), fixed=fixed, name="vae")
+    avb = searcher(space=preset_space("mnist_mlp"), name="avb")
+    assert set(vae.suggest("t0")) == {"lr", "beta1", NUMBER_KEY}
+    assert {"adv_hidden", "adv_depth", "adv_inner", "adv_lr", "adv_steps", "lr", "beta1"} <= set(avb.suggest("t0"))

@@ -140,7 +140,8 @@ def test_relative_data_root_from_another_folder(tmp_path):
                      "1", "--scheduler", "none", "--final-ais", "0", "--iterations", "1", "--steps-per-iteration",
                      "2", "--set", "dataset=folder", "--set", "data_root=faces", "--set", "hidden=4",
                      "--set", "adv_hidden=4", "--set", "batch_size=4", "--set", "latent_dim=4",
-                     "--set", "noise_dim=4", "--set", "eval_points=1", "--set", "eval_samples=8"], cwd=project)
+                     "--set", "noise_dim=4", "--set", "eval_points=1", "--set", "eval_samples=8",
+                     "--set", "eval_ais_temps=4"], cwd=project)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     _, (run,) = trial_runs(sqlite(tmp_path / "results" / "mlflow.db"), "folder")
     assert run.data.params["data_root"] == str(images) and run.data.tags["fate"] == "finished"
@@ -155,7 +156,7 @@ def test_mnist_preset_on_the_shipped_sample_evaluates_the_test_split_at_the_end(
                      "--set", "dataset=mnist_sample", "--set", "hidden=8", "--set", "adv_hidden=8",
                      "--set", "adv_inner=16", "--set", "batch_size=32", "--set", "latent_dim=8",
                      "--set", "noise_dim=8", "--set", "basis_size=2", "--set", "basis_hidden=8",
-                     "--set", "eval_points=8", "--set", "eval_samples=50",
+                     "--set", "eval_points=8", "--set", "eval_samples=50", "--set", "eval_ais_temps=10",
                      "--final-ais", "1", "--ais-temps", "10", "--ais-points", "4"], cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "test_ais_log_likelihood" in out.stdout

@@ -15,7 +15,8 @@ from trainables import avb_trainable
 from trainables.avb_trainable import AVBTrainable, TrialSettings
 
 FIXED = {"dataset": "digits", "arch": "mlp", "hidden": 8, "adv_hidden": 8, "adv_inner": 8, "latent_dim": 2,
-         "noise_dim": 2, "batch_size": 16, "eval_points": 8, "eval_samples": 64, "basis_hidden": 8}
+         "noise_dim": 2, "batch_size": 16, "eval_points": 8, "eval_samples": 64, "basis_hidden": 8,
+         "eval_ais_temps": 10}
 
 
 class Watched(Dataset):
@@ -80,6 +81,6 @@ def test_a_vanished_checkpoint_is_replaced_by_the_newest_one(tmp_path):
     assert newest_checkpoint(tune.Checkpoint.from_directory(str(tmp_path / "none" / "checkpoint_000001"))) is None
 
 
-@pytest.mark.parametrize("preset", ["synthetic", "mnist", "celeba"])
+@pytest.mark.parametrize("preset", ["synthetic", "mnist_mlp", "mnist", "celeba"])
 def test_presets_build_a_config(preset):
     assert load_preset(preset).BASE.steps > 0

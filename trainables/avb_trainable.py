@@ -114,6 +114,7 @@ class AVBTrainable(tune.Trainable):
         self.data = load_dataset(self.cfg, self.device)
         sizes = [Param(f"split.{name}", str(n)) for name, n in self.data.sizes.items()]  # seeded by split_seed
         self.client.log_batch(self.run_id, params=sizes)
+        self.client.set_tag(self.run_id, "torch_threads", str(torch.get_num_threads()))  # Ray: --cpus-per-trial
         self.eval_x = self.data.eval_batch(self.cfg.eval_points, "valid")
         self.trainer = Trainer(self.cfg, self.data.x_shape, self.device)
         self.best = -math.inf
