@@ -298,7 +298,7 @@ def test_report_of_an_image_study_shows_test_figures_and_the_paired_difference(f
     md = (copy / "analysis" / fake["name"] / "report" / "report.md").read_text()
     assert "## Trials that did not finish" in md and "diverged: loss is nan" in md
     test = md.split("## Test set")[1].split("\n## ")[0]
-    assert "| trial_number | method | validation log p(x), IS | test log p(x), IS | ± over images (IS) |" in test
+    assert "| trial_number | method | validation log p(x) | test log p(x), IS | ± over images (IS) |" in test
     assert "The paper's AIS figures: AVB+AC -79.5" in test
     a, b = fake["per_image"][0], fake["per_image"][1]
     diff, se = float((a - b).mean()), float((a - b).std(ddof=1) / math.sqrt(len(a)))
