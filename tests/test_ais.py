@@ -207,7 +207,11 @@ VARIANTS = {"vae": {"objective": "vae", "encoder": "gaussian"}, "avb": {},
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_ais_matches_exact_grid_value_on_synthetic(variant):
-    """The synthetic set (2-D latent): AIS from the encoder's q0 within 0.01 nats of grid quadrature."""
+    """The synthetic set (2-D latent): AIS from the encoder's q0 within 0.01 nats of grid quadrature.
+
+    The implicit encoders start narrow (the authors' initialisation), so after 400 steps their q0 is a
+    poorer start than the VAE's: 200 temperatures x 64 chains left a Monte Carlo error of about 0.015
+    nats on the mean; 500 x 256 brings it to about 0.005."""
     from avb.config import Config
     from avb.evaluate import ais_per_point
 
@@ -215,7 +219,7 @@ def test_ais_matches_exact_grid_value_on_synthetic(variant):
                  **VARIANTS[variant])
     trainer, data = _trained(cfg, 400)
     exact = _grid_log_px_of(trainer, data.test)
-    est, mc_se = ais_per_point(trainer, data.test, num_temps=200, num_chains=64)
+    est, mc_se = ais_per_point(trainer, data.test, num_temps=500, num_chains=256)
     assert est.dtype == torch.float64 and est.device.type == "cpu" and est.shape == mc_se.shape == (4,)
     assert abs(est.mean() - exact.mean()) < 0.01, (est - exact, mc_se)
     assert ((est - exact).abs() < 0.03).all(), (est - exact, mc_se)
