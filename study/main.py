@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 
+from study import credentials
 from study.settings import StudyError, StudySettings, first_line, parse
 from study.stores import check_existence, check_mlflow, check_optuna
 
@@ -39,6 +40,8 @@ def check_data(settings: StudySettings) -> None:
 def prepare(argv: list[str] | None) -> StudySettings:
     """Settings checked and resolved, the saved ones merged on --resume; nothing written yet."""
     settings, given = parse(argv, __doc__)
+    for note in credentials.notes(settings, given):
+        print(f"note: {note}", flush=True)
     settings.resolve_paths()
     saved = settings.saved()
     if settings.resume:
