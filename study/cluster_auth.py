@@ -3,6 +3,7 @@
     python -m study.cluster_auth secrets              # your machine, once per cluster: ~/.avb-study (mode 700)
     python -m study.cluster_auth auth-config FILE     # the head (cluster.yaml): MLflow's auth app settings
     python -m study.cluster_auth user                 # the head (cluster.yaml): the study's MLflow login
+    python -m study.cluster_auth admin-password       # the head (ray attach): change the MLflow admin's password
 
 `secrets` writes ray_token (the Ray cluster's token) and secrets.env (AVB_DB_URL, the PostgreSQL server's URL
 with its password, for you to fill in; AVB_MLFLOW_ADMIN_PASSWORD and AVB_MLFLOW_PASSWORD, random), each mode
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import getpass
 import json
 import os
 import secrets
@@ -124,6 +126,24 @@ def ensure_user(uri: str) -> str:
     return f"MLflow user {user!r}: {did}"
 
 
+def change_admin_password(uri: str) -> str:
+    """The admin's password, changed on the server (the server reads AVB_MLFLOW_ADMIN_PASSWORD only once, when its
+    user database is new): both passwords are asked for, never taken from the command line."""
+    current = getpass.getpass("current MLflow admin password: ")
+    new = getpass.getpass("new MLflow admin password (12 characters or more): ")
+    if new != getpass.getpass("new password again: "):
+        raise SetupError("the two new passwords differ; nothing changed")
+    admin = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin")
+    status = call(uri, (admin, current), "PATCH", "/api/2.0/mlflow/users/update-password",
+                  {"username": admin, "current_password": current, "password": new})
+    if status == 401:
+        raise SetupError(f"the MLflow server {uri} refused the current admin password; nothing changed")
+    if status != 200:
+        raise SetupError(f"the MLflow server {uri} answered {status} (a new password needs at least 12 characters "
+                         "and must differ from the current one); nothing changed")
+    return "admin password changed: now put it in ~/.avb-study/secrets.env (AVB_MLFLOW_ADMIN_PASSWORD)"
+
+
 # ----------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.cluster_auth", description=__doc__,
@@ -134,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     config = commands.add_parser("auth-config", help="write MLflow's auth app settings ($AVB_MLFLOW_AUTH_DB)")
     config.add_argument("file", help="the ini file to write (mode 600); $MLFLOW_AUTH_CONFIG_PATH names it")
     user = commands.add_parser("user", help="create the study's MLflow user or set its password")
-    user.add_argument("--uri", default="http://127.0.0.1:5000", help="the MLflow server (default: %(default)s)")
+    admin = commands.add_parser("admin-password", help="change the MLflow admin's password (asks for both)")
+    for command in (user, admin):
+        command.add_argument("--uri", default="http://127.0.0.1:5000", help="the MLflow server (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         if args.command == "secrets":
@@ -142,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             print("next: set AVB_DB_URL in secrets.env, then ray up cluster.yaml (docs/cluster.md)")
         elif args.command == "auth-config":
             write_auth_config(Path(args.file).expanduser())
+        elif args.command == "admin-password":
+            print(change_admin_password(args.uri))
         else:
             print(ensure_user(args.uri))
     except (SetupError, OSError) as err:

@@ -158,7 +158,7 @@ def check_ray_login(gcs_address: str, address: str) -> None:
     """Ask the cluster's GCS one question with the token ray.init would send: a missing or foreign token is one
     line here, where ray.init would print a warning a second for 20 s and then blame the address."""
     mode = ray_auth_mode(address)
-    source = ray_token()
+    source = ray_token() if mode == "token" else None  # Ray reads no token file while its mode is disabled
     if mode == "token" and source is None:
         raise CredentialError(f"RAY_AUTH_MODE=token but no Ray token is set: set RAY_AUTH_TOKEN_PATH to the "
                               f"cluster's token file ({SECURITY_DOC})")

@@ -143,7 +143,7 @@ class TokenCluster:
         self.env = base_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), RAY_TMPDIR=str(self.tmp),
                             **node_env)
         self.port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
-        self.folder, self.nodes = folder, []
+        self.folder, self.nodes, self.agent_ports = folder, [], []
 
     @property
     def dashboard(self) -> str:
@@ -152,8 +152,9 @@ class TokenCluster:
     def add_node(self, head: bool = False, num_cpus: int = 1) -> None:
         from ray.util import get_node_ip_address
 
-        ports = ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port()),
-                 "--runtime-env-agent-port", str(free_port())]
+        self.agent_ports.append(free_port())  # each node's dashboard agent (HTTP), which can start jobs there
+        ports = ["--dashboard-agent-listen-port", str(self.agent_ports[-1]), "--metrics-export-port",
+                 str(free_port()), "--runtime-env-agent-port", str(free_port())]
         where = ["--head", "--port", str(self.port), "--dashboard-host", "127.0.0.1", "--dashboard-port",
                  str(self.dashboard_port), "--include-dashboard", "true", "--ray-client-server-port",
                  str(self.client_port), "--temp-dir", str(self.tmp / "ray")] if head else \

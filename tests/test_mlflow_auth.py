@@ -130,9 +130,23 @@ def test_a_study_needs_the_servers_login_and_leaves_no_secret(stores, tmp_path, 
     values = {"the study's password": STUDY_PASSWORD, "the admin password": ADMIN_PASSWORD, "the Ray token": token}
     values |= {"the database password": db_password} if db_password else {}
     records = "\n".join(f"{r.data.params} {r.data.tags}" for r in runs)
+    assert len(leaks(values, [], {"a control": " ".join(values.values())})) == len(values)  # the grep finds them
     found = leaks(values, [results, ray_tmp, server.folder / "artifacts"],
                   {"the study's output": out.stdout + out.stderr, "MLflow params and tags": records,
-                   "command lines": out.command_lines})
+                   "command lines": out.command_lines, "the MLflow server's log": server.log.read_text()})
     print(f"GREP for {len(values)} secrets in {results}, {ray_tmp}, {server.folder / 'artifacts'}, output, "
-          f"params/tags, {out.command_lines.count(chr(10)) + 1} command lines: {len(found)} found")
+          f"params/tags, the server's log, {out.command_lines.count(chr(10)) + 1} command lines: {len(found)} found")
     assert not found, found
+
+    # Rotation (docs/security.md): the study's password by the same `user` step, the admin's by `admin-password`.
+    search = server.uri + DENIED["GET /api/2.0/mlflow/experiments/search"][1]
+    rotated = server.add_user("study", "study-Pw-rotated-0k2")
+    assert rotated.returncode == 0 and "password set" in rotated.stdout, rotated.stderr
+    assert (status(search, basic=("study", STUDY_PASSWORD)), status(search, basic=("study", "study-Pw-rotated-0k2"))) \
+        == (401, 200)
+    asked = subprocess.run([sys.executable, "-m", "study.cluster_auth", "admin-password", "--uri", server.uri],
+                           input=f"{ADMIN_PASSWORD}\nadmin-Pw-rotated-7q1\nadmin-Pw-rotated-7q1\n", env=base_env(),
+                           capture_output=True, text=True, timeout=120, start_new_session=True)  # no terminal: stdin
+    assert asked.returncode == 0 and "admin password changed" in asked.stdout, asked.stderr
+    assert (status(search, basic=("admin", ADMIN_PASSWORD)), status(search, basic=("admin", "admin-Pw-rotated-7q1"))) \
+        == (401, 200)

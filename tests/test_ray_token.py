@@ -74,12 +74,18 @@ def test_token_cluster_refuses_strangers_and_runs_a_study_across_both_nodes(tmp_
             jobs, job = f"{cluster.dashboard}/api/jobs/", {"entrypoint": f"touch {tmp_path / 'pwned'}"}
             codes = {"GET /api/jobs/": status(jobs), "POST /api/jobs/ (submit)": status(jobs, "POST", job),
                      "GET /api/v0/nodes": status(f"{cluster.dashboard}/api/v0/nodes"),
+                     "POST worker agent /api/job_agent/jobs/": status(
+                         f"http://{ip}:{cluster.agent_ports[1]}/api/job_agent/jobs/", "POST", job),
                      "GET /api/jobs/, another token": status(jobs, bearer="0" * 64),
                      "POST /api/jobs/, another token": status(jobs, "POST", job, bearer="0" * 64)}
             print("UNAUTHENTICATED Ray", codes)
-            assert [v for k, v in codes.items() if "another" not in k] == [401, 401, 401], codes
+            assert [v for k, v in codes.items() if "another" not in k] == [401, 401, 401, 401], codes
             assert [v for k, v in codes.items() if "another" in k] == [403, 403], codes
             assert status(jobs, bearer=token) == 200  # the owner, e.g. through `ray dashboard cluster.yaml`
+            cli = [sys.executable, "-m", "ray.scripts.scripts", "job", "list", "--address", cluster.dashboard]
+            owner = subprocess.run(cli, env=cluster.env, capture_output=True, text=True, timeout=120)
+            stranger = subprocess.run(cli, env=base_env(), capture_output=True, text=True, timeout=120)
+            assert owner.returncode == 0 and stranger.returncode != 0, owner.stderr[-2000:]  # Ray's own CLI
             assert not (tmp_path / "pwned").exists()
             refused = ray_client(f"{ip}:{cluster.client_port}", base_env(RAY_TMPDIR=str(cluster.tmp)))
             proxy_log = "".join(p.read_text() for p in cluster.tmp.glob("ray/session_*/logs/ray_client_server.err"))
