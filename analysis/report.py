@@ -2,8 +2,9 @@
 
     python -m analysis.report --study NAME                        # the stores in ./results
     python -m analysis.report --study NAME --results-dir /path/to/results
-    python -m analysis.report --study NAME --tracking-uri http://HEAD_IP:5000 \\
-        --optuna-storage postgresql+psycopg://USER:PASS@HOST/optuna --out reports/NAME
+    python -m analysis.report --study NAME --tracking-uri http://127.0.0.1:5000 --out reports/NAME
+        # a cluster's stores: the login (MLFLOW_TRACKING_USERNAME / _PASSWORD) and $AVB_OPTUNA_STORAGE from the
+        # environment (as on the head), never in a flag (docs/security.md)
 
 The stores are found as analysis.export finds them (--tracking-uri, $MLFLOW_TRACKING_URI, RESULTS/mlflow.db;
 --optuna-storage, $AVB_OPTUNA_STORAGE, RESULTS/optuna.db); the output folder is --out, else

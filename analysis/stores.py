@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from study.credentials import mlflow_refusal
 from study.settings import OneLineParser as OneLineParser  # noqa: PLC0414  (analysis.export, .report)
 from study.settings import first_line, masked
 
@@ -129,6 +130,11 @@ def open_mlflow(uri: str, flag: str = "--tracking-uri"):
     try:
         client = mlflow.MlflowClient(uri)
         client.search_experiments(max_results=1)
+    except mlflow.MlflowException as err:
+        if uri.startswith("http") and err.get_http_status_code() in (401, 403):  # the server's login
+            raise AnalysisError(mlflow_refusal(masked(uri), err.get_http_status_code())) from None
+        raise AnalysisError(f"the MLflow store {masked(uri)} cannot be read ({type(err).__name__}: "
+                            f"{first_line(err)}); fix or restore it, or pass another {flag}") from None
     except Exception as err:  # noqa: BLE001  (MLflow raises many kinds; the user needs one line)
         raise AnalysisError(f"the MLflow store {masked(uri)} cannot be read ({type(err).__name__}: "
                             f"{first_line(err)}); fix or restore it, or pass another {flag}") from None

@@ -3,7 +3,7 @@
     python study/run.py                                   # small synthetic study on this machine
     python study/run.py --preset synthetic --num-trials 64 --concurrency 8 --gpus-per-trial 0.25
     ray submit cluster.yaml study/run.py -- --num-trials 64 --gpus-per-trial 0.5 \\
-        --storage-path s3://BUCKET/avb/ray-results --optuna-storage postgresql+psycopg://USER:PASS@DB/optuna
+        --storage-path s3://BUCKET/avb/ray-results    # stores and logins from the head's environment
     python study/run.py --resume --study-name NAME        # after Ctrl-C, a killed driver, or on a new head
 
 Local defaults keep everything under ./results (absolute paths): the MLflow SQLite
@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 
+from study import credentials
 from study.settings import StudyError, StudySettings, first_line, parse
 from study.stores import check_existence, check_mlflow, check_optuna
 
@@ -39,6 +40,8 @@ def check_data(settings: StudySettings) -> None:
 def prepare(argv: list[str] | None) -> StudySettings:
     """Settings checked and resolved, the saved ones merged on --resume; nothing written yet."""
     settings, given = parse(argv, __doc__)
+    for note in credentials.notes(settings, given):
+        print(f"note: {note}", flush=True)
     settings.resolve_paths()
     saved = settings.saved()
     if settings.resume:

@@ -15,15 +15,16 @@ from pathlib import Path
 from ray import tune
 
 from study.searcher import NUMBER_KEY
+from study.settings import masked
 from trainables import tracking
 from trainables.tracking import Fate
 
 
 def trial_error(trial) -> str:
-    """The last line of a failed trial's error (Tune writes the traceback to a file)."""
+    """The last line of a failed trial's error (Tune writes the traceback to a file), its secrets masked."""
     path = trial.error_file
     try:
-        return tracking.one_line(Path(path).read_text()) if path else "crashed (no error text)"
+        return masked(tracking.one_line(Path(path).read_text())) if path else "crashed (no error text)"
     except OSError:
         return "crashed (its error file is gone)"
 
@@ -79,13 +80,13 @@ class Recorder(tune.Callback):
             run = self.trial_run(trial)
             tracking.close_trial_run(self.client, run, fate, error, value if fate is not Fate.DIVERGED else None)
         except Exception as err:  # noqa: BLE001
-            print(f"  warning: could not record trial {trial.trial_id} in MLflow ({err})", flush=True)
+            print(f"  warning: could not record trial {trial.trial_id} in MLflow ({masked(str(err))})", flush=True)
         else:
             try:  # after the run is closed: a failed upload leaves a true record without the checkpoint
                 self.upload_best_checkpoint(trial, run.info.run_id)
             except Exception as err:  # noqa: BLE001
-                print(f"  warning: could not upload trial {trial.trial_id}'s checkpoint to MLflow ({err})",
-                      flush=True)
+                print(f"  warning: could not upload trial {trial.trial_id}'s checkpoint to MLflow "
+                      f"({masked(str(err))})", flush=True)
         shown = f": log_likelihood {value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
         if fate.failed:
             shown = f": {tracking.one_line(error, 200)}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 
 from study.recorder import Recorder
-from study.settings import StudyError, StudySettings
+from study.settings import StudyError, StudySettings, masked
 from trainables import tracking
 from trainables.tracking import Fate
 
@@ -152,7 +152,7 @@ def abandon(recorder: Recorder, err: BaseException) -> None:
     """Tune could not be built or restored: the parent run is closed (KILLED, its error as a tag), not left
     RUNNING."""
     client, s = recorder.client, recorder.settings
-    client.set_tag(s.parent_run_id, tracking.ERROR, f"{type(err).__name__}: {err}"[:5000])
+    client.set_tag(s.parent_run_id, tracking.ERROR, masked(f"{type(err).__name__}: {err}")[:5000])
     client.set_terminated(s.parent_run_id, status="KILLED")
 
 

@@ -214,15 +214,19 @@ ENV_DEFAULTS = {"tracking_uri": "MLFLOW_TRACKING_URI", "optuna_storage": "AVB_OP
 
 
 def first_line(err: BaseException) -> str:
+    """An error's first line, its secrets masked (every one-line error quotes an error through here)."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else ""
+    return masked(lines[0])[:300] if lines else ""
 
 
 def masked(uri):
-    """A store URL with its password replaced by *** (what is printed, saved and logged)."""
+    """A store URL, or any text, with the password of every URL and every secret the study knows (Ray token,
+    MLflow passwords: study.credentials) replaced by *** (what is printed, saved and logged)."""
+    from study.credentials import mask_secrets
+
     if not isinstance(uri, str):
         return uri
-    return re.sub(r"(//[^/:@]+:)[^/@]*@", r"\1***@", uri)
+    return mask_secrets(uri)
 
 
 def unmasked(saved, name: str):

@@ -1,4 +1,5 @@
-"""The study's two stores (MLflow and Optuna): reachable, readable, and holding the study or not.
+"""The study's two stores (MLflow and Optuna): reachable, readable (the MLflow server's login accepted), and
+holding the study or not.
 
 Checks only read. A new study must not exist yet in either store nor under Tune's storage path
 (whatever that path is); a resumed one must exist in the stores it is given, so that a resume
@@ -10,6 +11,7 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
+from study.credentials import check_tracking_uri, mlflow_refusal
 from study.settings import StudyError, StudySettings, first_line, masked
 
 
@@ -17,6 +19,7 @@ def check_mlflow(uri: str):
     """An MlflowClient for `uri` that answered a query; StudyError (one line) otherwise."""
     import mlflow
 
+    check_tracking_uri(uri, "--tracking-uri")
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
@@ -28,6 +31,12 @@ def check_mlflow(uri: str):
     try:
         client = mlflow.MlflowClient(uri)
         client.search_experiments(max_results=1)
+    except mlflow.MlflowException as err:
+        status = err.get_http_status_code()
+        if status in (401, 403) and uri.startswith("http"):  # the server's auth app: a login, before any write
+            raise StudyError(mlflow_refusal(masked(uri), status)) from None
+        raise StudyError(f"the MLflow store {masked(uri)} cannot be read ({type(err).__name__}: "
+                         f"{first_line(err)}); fix or move it, or pass another --tracking-uri") from None
     except Exception as err:  # noqa: BLE001  (MLflow raises many kinds; the user needs one line)
         raise StudyError(f"the MLflow store {masked(uri)} cannot be read ({type(err).__name__}: "
                          f"{first_line(err)}); fix or move it, or pass another --tracking-uri") from None

@@ -10,6 +10,7 @@ import optuna
 import yaml
 
 from search_spaces import asha_settings, load_preset
+from study.credentials import check_ray_login
 from study.recorder import Recorder
 from study.searcher import SAMPLERS, StudySearch
 from study.settings import StudyError, StudySettings
@@ -45,13 +46,18 @@ def on_existing_cluster(address: str) -> bool:
 
 
 def connect(settings: StudySettings) -> bool:
-    """Start a local Ray or attach to the cluster; True when attached to a cluster."""
+    """Start a local Ray or attach to the cluster (its token checked first); True when attached to a cluster."""
     import ray
+    from ray._private.services import canonicalize_bootstrap_address
 
     quiet_ray_logs()
     try:
         existing = on_existing_cluster(settings.address)
+        if existing and not settings.address.startswith("ray://"):  # Ray Client checks its own login
+            check_ray_login(canonicalize_bootstrap_address(settings.address or None), settings.address)
         ray.init(address=settings.address or None, log_to_driver=True, logging_level="WARNING")
+    except StudyError:
+        raise
     except (ConnectionError, RuntimeError, ValueError) as err:
         lines = [line for line in str(err).splitlines() if line.strip()]
         raise StudyError(f"cannot connect to Ray at {settings.address or 'the local machine'} "

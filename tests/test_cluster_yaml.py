@@ -21,18 +21,18 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.cluster_nodes import ROOT, SECRETS, USER_DB, bash, load_config, node_env, the_command
 
 jsonschema = pytest.importorskip("jsonschema")
 from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-CLUSTER_YAML = ROOT / "cluster.yaml"
 COMMAND_LISTS = (
     "initialization_commands",
     "setup_commands",
@@ -41,15 +41,12 @@ COMMAND_LISTS = (
     "head_start_ray_commands",
     "worker_start_ray_commands",
 )
-# What a user puts at the CHANGE-ME database URL (setup_commands): a server, no database name.
-USER_DB = "postgresql+psycopg://avb:Secret42@avb-db.abc123.us-west-2.rds.amazonaws.com:5432"
 
 
 @pytest.fixture
 def cfg() -> dict:
     """A fresh parse of cluster.yaml for every test (tests mutate it)."""
-    with open(CLUSTER_YAML) as f:
-        return yaml.safe_load(f)
+    return load_config()
 
 
 @pytest.fixture
@@ -74,44 +71,6 @@ def ray_validate(config: dict) -> dict:
 
 def commands(config: dict, key: str) -> list[str]:
     return list(config.get(key) or [])
-
-
-def the_command(config: dict, key: str, needle: str) -> str:
-    found = [c for c in commands(config, key) if needle in c]
-    assert len(found) == 1, f"expected exactly one {key} entry containing {needle!r}, got {found}"
-    return found[0]
-
-
-def env_setup_command(config: dict, db_url: str | None = USER_DB) -> str:
-    """setup_commands' step that writes ~/.avb-env.sh; with db_url, edited as
-    the user edits it (the CHANGE-ME URL replaced), else as shipped."""
-    cmd = the_command(config, "setup_commands", ".avb-env.sh")
-    if db_url is None:
-        return cmd
-    edited, n = re.subn(r"AVB_DB='[^']*'", f"AVB_DB='{db_url}'", cmd)
-    assert n == 1, cmd
-    return edited
-
-
-def bash(cmd: str, home: Path, **env) -> subprocess.CompletedProcess:
-    """Run cmd in bash with HOME=home (a stand-in for a node's home) and nothing else inherited."""
-    path = env.pop("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
-    return subprocess.run(["bash", "-c", cmd], env={"HOME": str(home), "PATH": path, **env}, capture_output=True,
-                          text=True, timeout=60)
-
-
-def node_env(config: dict, home: Path, db_url: str = USER_DB) -> dict[str, str]:
-    """The environment a node's shells get from ~/.avb-env.sh after `ray up`."""
-    setup = bash(env_setup_command(config, db_url), home)
-    assert setup.returncode == 0, setup.stderr
-    out = bash('source "$HOME/.avb-env.sh" && env -0', home)
-    assert out.returncode == 0, out.stderr
-    return dict(item.split("=", 1) for item in out.stdout.split("\0") if "=" in item)
-
-
-def expand(arg: str, env: dict[str, str]) -> str:
-    """$NAME / ${NAME} as the node's shell expands them (unknown names: left as they are)."""
-    return re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), arg)
 
 
 def cli_args_after(command: str, prefix: str) -> list[str]:
@@ -266,6 +225,15 @@ def test_cluster_ray_version_matches_requirements(cfg):
         assert version == pinned.group(2), f"cluster.yaml installs ray {version}, requirements pin {pinned.group(2)}"
 
 
+@pytest.mark.parametrize("key", ["head_start_ray_commands", "worker_start_ray_commands"])
+def test_every_node_starts_ray_with_token_authentication(cfg, key):
+    """RAY_AUTH_MODE=token and the token file are exported before `ray start` on head and workers alike."""
+    cmd = the_command(cfg, key, "ray start")
+    before = cmd[: cmd.index("ray start")]
+    assert re.search(r"export [^;]*RAY_AUTH_MODE=token", before), cmd
+    assert 'RAY_AUTH_TOKEN_PATH="$HOME/.avb-secrets/ray_token"' in before, cmd
+
+
 def test_head_starts_ray_head_with_autoscaler(cfg):
     from ray.scripts.scripts import start
 
@@ -273,72 +241,89 @@ def test_head_starts_ray_head_with_autoscaler(cfg):
     ctx = start.make_context("start", cli_args_after(cmd, "ray start"))
     assert ctx.params["head"] is True
     assert ctx.params["autoscaling_config"] == "~/ray_bootstrap_config.yaml"
+    # The dashboard and its Jobs API: loopback only, reached through `ray dashboard cluster.yaml` (SSH).
+    assert ctx.params["dashboard_host"] == "127.0.0.1"
 
 
-def test_head_starts_an_mlflow_tracking_server(cfg, tmp_path):
+def test_head_starts_an_mlflow_tracking_server(cfg, monkeypatch):
     from mlflow.cli import cli as mlflow_cli
-    from sqlalchemy.engine import make_url
 
     cmd = the_command(cfg, "head_start_ray_commands", "mlflow server")
-    env = node_env(cfg, tmp_path)
     # Parse the options with mlflow's own CLI: a misspelled flag raises here.
-    args = [expand(a, env) for a in cli_args_after(cmd, "mlflow server")]
-    ctx = mlflow_cli.commands["server"].make_context("server", args)
-    p = ctx.params
-    assert p["host"] == "0.0.0.0"  # reachable from the workers (inside the VPC)
+    monkeypatch.delenv("MLFLOW_BACKEND_STORE_URI", raising=False)
+    args = cli_args_after(cmd, "mlflow server")
+    p = mlflow_cli.commands["server"].make_context("server", args).params
+    assert p["app_name"] == "basic-auth"  # MLflow's login
+    assert p["host"] == "0.0.0.0"  # reachable from the workers (inside the VPC) and through the SSH tunnel
     assert int(p["port"]) == 5000
-    # Runs in the PostgreSQL database "mlflow" the user named, outside the head.
-    store = make_url(p["backend_store_uri"])
-    assert store.drivername == "postgresql+psycopg"
-    assert store.database == "mlflow"
-    assert store.host == make_url(USER_DB).host
+    # No database URL on the command line (`ps` shows it): the server reads $MLFLOW_BACKEND_STORE_URI.
+    assert p["backend_store_uri"] is None and not any("postgresql" in a for a in args)
+    assert 'MLFLOW_BACKEND_STORE_URI="$AVB_DB_URL/mlflow"' in cmd
     assert p["serve_artifacts"] is True
     assert str(p["artifacts_destination"]).startswith("s3://")
     # MLflow 3's host-header check stays on.
     assert p.get("allowed_hosts") in (None, "") or "*" not in p["allowed_hosts"]
     assert not p.get("disable_security_middleware")
     # Detached from the SSH session that `ray up` uses, output kept in a log.
-    assert "nohup" in cmd and re.search(r"&\s*(fi|$)", cmd)
+    assert "nohup" in cmd and "& }" in cmd
     assert "> ~/mlflow/server.log" in cmd
 
 
-def test_head_mlflow_command_runs_the_server_on_the_users_database(cfg, tmp_path):
-    """The head's command as bash runs it, with stand-ins for `mlflow` and `curl`:
-    the server gets the database URL from ~/.avb-env.sh, and an empty URL (which
-    MLflow would silently replace by SQLite on the head's disk) stops `ray up`."""
-    cmd = the_command(cfg, "head_start_ray_commands", "mlflow server")
-    env = node_env(cfg, tmp_path)
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    # Writes its arguments, one a line, then renames: the file appears complete.
-    (fake / "mlflow").write_text(
-        '#!/bin/sh\nprintf "%s\\n" "$@" > "$HOME/args.tmp" && mv "$HOME/args.tmp" "$HOME/mlflow-args"\n')
-    # No server answers the first check; the final wait (--retry) succeeds.
-    (fake / "curl").write_text('#!/bin/sh\ncase "$*" in *--retry*) exit 0;; *) exit 7;; esac\n')
-    for f in fake.iterdir():
+def fake_head_tools(folder: Path, code: str) -> str:
+    """Stand-ins for `mlflow` (writes its arguments and the environment it got) and `curl` (answers `code` to
+    the login probe, succeeds on the final wait); returns a PATH with them first."""
+    folder.mkdir(exist_ok=True)
+    (folder / "mlflow").write_text(
+        '#!/bin/sh\nprintf "%s\\n" "$@" > "$HOME/args.tmp" && env > "$HOME/env.tmp" && '
+        'mv "$HOME/env.tmp" "$HOME/mlflow-env" && mv "$HOME/args.tmp" "$HOME/mlflow-args"\n')
+    (folder / "curl").write_text(f'#!/bin/sh\ncase "$*" in *--retry*) exit 0;; *http_code*) printf {code};; '
+                                 '*) exit 7;; esac\n')
+    for f in folder.iterdir():
         f.chmod(0o755)
-    path = f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    return f"{folder}:{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
 
-    empty = bash(cmd, tmp_path, PATH=path, AVB_MLFLOW_BACKEND_STORE_URI="")
-    assert empty.returncode != 0 and "AVB_MLFLOW_BACKEND_STORE_URI is empty" in empty.stderr
-    assert not (tmp_path / "mlflow-args").exists()
 
-    ok = bash(cmd, tmp_path, PATH=path, AVB_MLFLOW_BACKEND_STORE_URI=env["AVB_MLFLOW_BACKEND_STORE_URI"])
-    assert ok.returncode == 0, ok.stderr
-    args_file = tmp_path / "mlflow-args"
-    deadline = time.monotonic() + 10  # the server is started in the background
-    while not args_file.exists() and time.monotonic() < deadline:
+def wait_for(path: Path, timeout: float = 20) -> Path:
+    deadline = time.monotonic() + timeout  # the server is started in the background
+    while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    args = args_file.read_text().splitlines()
-    assert args[args.index("--backend-store-uri") + 1] == f"{USER_DB}/mlflow"
-    assert args[args.index("--artifacts-destination") + 1].startswith("s3://")
+    return path
 
 
-def test_setup_refuses_the_placeholder_database_url(cfg, tmp_path):
-    result = bash(env_setup_command(cfg, db_url=None), tmp_path)
-    assert result.returncode != 0
-    assert "CHANGE-ME" in result.stderr and "docs/cluster.md" in result.stderr
-    assert not (tmp_path / ".avb-env.sh").exists()
+def test_head_mlflow_command_gives_the_server_its_secrets_through_the_environment(cfg, tmp_path):
+    """The head's command as bash runs it, with stand-ins for `mlflow` and `curl`: the server gets the database
+    URL, its auth settings and the admin password from ~/.avb-secrets, in its environment only."""
+    cmd = the_command(cfg, "head_start_ray_commands", "mlflow server")
+    node_env(cfg, tmp_path)
+    ok = bash(cmd, tmp_path, PATH=fake_head_tools(tmp_path / "bin", "000"))
+    assert ok.returncode == 0, ok.stderr
+    args = wait_for(tmp_path / "mlflow-args").read_text().splitlines()
+    env = dict(line.split("=", 1) for line in (tmp_path / "mlflow-env").read_text().splitlines() if "=" in line)
+    assert env["MLFLOW_BACKEND_STORE_URI"] == f"{USER_DB}/mlflow"
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == SECRETS["AVB_MLFLOW_ADMIN_PASSWORD"]
+    assert len(env["MLFLOW_FLASK_SERVER_SECRET_KEY"]) == 64
+    assert not any(v in "\n".join(args) for v in SECRETS.values())  # nothing secret in `ps`
+    # The auth app's settings: its user database "mlflow_auth", a file only its owner reads.
+    ini = Path(env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert ini == tmp_path / "mlflow" / "basic_auth.ini" and ini.stat().st_mode & 0o777 == 0o600
+    assert f"database_uri = {USER_DB}/mlflow_auth" in ini.read_text()
+    assert SECRETS["AVB_MLFLOW_ADMIN_PASSWORD"] not in ini.read_text()
+
+
+@pytest.mark.parametrize("code, started", [("200", False), ("401", False)])
+def test_head_mlflow_command_never_keeps_a_server_without_login(cfg, tmp_path, code, started):
+    """A server already answering: with a login (401) it is kept; without one (200, started before this file had
+    auth) `ray up` stops in one line."""
+    cmd = the_command(cfg, "head_start_ray_commands", "mlflow server")
+    node_env(cfg, tmp_path)
+    out = bash(cmd, tmp_path, PATH=fake_head_tools(tmp_path / "bin", code))
+    time.sleep(1)
+    assert not (tmp_path / "mlflow-args").exists()
+    if code == "200":
+        assert out.returncode != 0 and out.stderr.strip().count("\n") == 0, out.stderr
+        assert "without login" in out.stderr and "pkill" in out.stderr
+    else:
+        assert out.returncode == 0, out.stderr
 
 
 def test_every_node_gets_the_stores_and_a_data_root(cfg, tmp_path):
@@ -348,24 +333,29 @@ def test_every_node_gets_the_stores_and_a_data_root(cfg, tmp_path):
     env = node_env(cfg, tmp_path)
     assert env["AVB_HOME"] == f"{tmp_path}/avb"
     assert env["AVB_DATA_ROOT"] == f"{tmp_path}/avb-data" and (tmp_path / "avb-data").is_dir()
-    optuna_url, mlflow_url = make_url(env["AVB_OPTUNA_STORAGE"]), make_url(env["AVB_MLFLOW_BACKEND_STORE_URI"])
-    user = make_url(USER_DB)
-    for url in (optuna_url, mlflow_url):
-        assert url.drivername == "postgresql+psycopg"
-        assert (url.host, url.port, url.username, url.password) == (user.host, user.port, user.username, user.password)
-    # Two databases on one server: MLflow and Optuna each keep an alembic_version table.
-    assert (optuna_url.database, mlflow_url.database) == ("optuna", "mlflow")
-    # The driver named in the URLs is installed (requirements.txt); no connection is made.
+    optuna_url, user = make_url(env["AVB_OPTUNA_STORAGE"]), make_url(USER_DB)
+    assert optuna_url.drivername == "postgresql+psycopg" and optuna_url.database == "optuna"
+    assert (optuna_url.host, optuna_url.username, optuna_url.password) == (user.host, user.username, user.password)
+    # The driver named in the URL is installed (requirements.txt); no connection is made.
     create_engine(env["AVB_OPTUNA_STORAGE"]).dispose()
-    # The file holds a password: readable by its owner only.
-    assert (tmp_path / ".avb-env.sh").stat().st_mode & 0o077 == 0
+    # The Ray token and the study's MLflow login; the server's URL and the admin password stay out.
+    assert (env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN_PATH"]) == ("token", f"{tmp_path}/.avb-secrets/ray_token")
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("study",
+                                                                                  SECRETS["AVB_MLFLOW_PASSWORD"])
+    assert "AVB_DB_URL" not in env and SECRETS["AVB_MLFLOW_ADMIN_PASSWORD"] not in "\n".join(env.values())
+    # ~/.avb-env.sh holds no secret (it reads them from ~/.avb-secrets), and the secrets are the owner's only.
+    text = (tmp_path / ".avb-env.sh").read_text()
+    assert not any(v in text for v in SECRETS.values()) and "Secret42" not in text
+    for path in (tmp_path / ".avb-secrets").iterdir():
+        assert path.stat().st_mode & 0o077 == 0, path
+    assert (tmp_path / ".avb-secrets").stat().st_mode & 0o777 == 0o700
 
     # Every later shell (hence `ray start`, trials, the driver) sources it with the venv ...
     bashrc = (tmp_path / ".bashrc").read_text()
     assert "source ~/venv/bin/activate; source ~/.avb-env.sh" in bashrc
-    # ... and a later `ray up` with another URL rewrites it, without a second .bashrc line.
-    other = "postgresql+psycopg://avb:Other7@10.0.3.4:5432"
-    assert node_env(cfg, tmp_path, db_url=other)["AVB_OPTUNA_STORAGE"] == f"{other}/optuna"
+    # ... and a later `ray up` with other secrets changes what they see, without a second .bashrc line.
+    other = "postgresql+psycopg://avb:Other7abcdef@10.0.3.4:5432"
+    assert node_env(cfg, tmp_path, {**SECRETS, "AVB_DB_URL": other})["AVB_OPTUNA_STORAGE"] == f"{other}/optuna"
     assert (tmp_path / ".bashrc").read_text() == bashrc
 
 

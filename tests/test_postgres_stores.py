@@ -130,30 +130,23 @@ def test_mlflow_server_on_postgres_answers_and_proxies_artifacts(postgres, tmp_p
                 pass
 
 
-def test_cluster_head_creates_its_two_databases(postgres, tmp_path):
-    """cluster.yaml's head_setup_commands step that creates the "mlflow" and
-    "optuna" databases, run by bash against this server, twice (idempotent)."""
-    import secrets
+def test_cluster_head_creates_its_three_databases(postgres, tmp_path):
+    """cluster.yaml's head_setup_commands step that creates the "mlflow", "optuna" and "mlflow_auth" databases,
+    run by bash against this server with the URL in a stand-in node's ~/.avb-secrets/secrets.env, twice
+    (idempotent)."""
+    from tests.cluster_nodes import SECRETS, bash, load_config, the_command, write_secrets
 
-    import yaml
-    from sqlalchemy.engine import make_url
-
-    with open(ROOT / "cluster.yaml") as f:
-        cfg = yaml.safe_load(f)
-    [cmd] = [c for c in cfg["head_setup_commands"] if "CREATE DATABASE" in c]
-    server = make_url(postgres.admin_url)
-    tag = secrets.token_hex(3)  # the session's server is shared: unique names
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-               AVB_MLFLOW_BACKEND_STORE_URI=server.set(database=f"c{tag}_mlflow").render_as_string(False),
-               AVB_OPTUNA_STORAGE=server.set(database=f"c{tag}_optuna").render_as_string(False))
-
-    first = subprocess.run(["bash", "-c", cmd], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    cmd = the_command(load_config(), "head_setup_commands", "CREATE DATABASE")
+    server = postgres.admin_url.removesuffix("/postgres")  # the server, no database: as AVB_DB_URL is written
+    write_secrets(tmp_path, {**SECRETS, "AVB_DB_URL": server})
+    first = bash(cmd, tmp_path)
     assert first.returncode == 0, first.stderr
-    assert f"created: c{tag}_mlflow, c{tag}_optuna" in first.stdout
-    again = subprocess.run(["bash", "-c", cmd], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "created: mlflow, optuna, mlflow_auth" in first.stdout
+    again = bash(cmd, tmp_path)
     assert again.returncode == 0 and "none, all exist" in again.stdout, again.stderr
+    assert postgres.password not in cmd and "AVB_DB_URL=" in cmd  # the URL reaches Python by its environment
 
-    storage = optuna.storages.RDBStorage(env["AVB_OPTUNA_STORAGE"])
-    optuna.create_study(study_name="cluster", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), 1)
-    assert len(optuna.load_study(study_name="cluster", storage=env["AVB_OPTUNA_STORAGE"]).trials) == 1
-    assert mlflow.MlflowClient(env["AVB_MLFLOW_BACKEND_STORE_URI"]).get_experiment_by_name("Default") is not None
+    optuna_url = f"{server}/optuna"
+    optuna.create_study(study_name="cluster", storage=optuna_url).optimize(lambda t: t.suggest_float("x", 0, 1), 1)
+    assert len(optuna.load_study(study_name="cluster", storage=optuna_url).trials) == 1
+    assert mlflow.MlflowClient(f"{server}/mlflow").get_experiment_by_name("Default") is not None

@@ -109,7 +109,13 @@ class AVBTrainable(tune.Trainable):
         self.client = mlflow.MlflowClient(settings.tracking_uri)
         searched, self.cfg, fixed = searched_and_config(config, settings)
         # the run first: a crash in the set-up below is then on record
-        self.run_id = self._find_or_create_run(config[NUMBER_KEY], searched, fixed)
+        try:
+            self.run_id = self._find_or_create_run(config[NUMBER_KEY], searched, fixed)
+        except mlflow.MlflowException as err:
+            refused = tracking.refused_login(err, settings.tracking_uri)
+            if refused:
+                raise RuntimeError(refused) from None
+            raise
         self.device = pick_device(self.cfg.device)
         self.data = load_dataset(self.cfg, self.device)
         sizes = [Param(f"split.{name}", str(n)) for name, n in self.data.sizes.items()]  # seeded by split_seed

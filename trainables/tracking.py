@@ -114,6 +114,17 @@ def one_line(text: str, limit: int = MAX_TAG) -> str:
     return (lines[-1] if lines else "")[:limit]
 
 
+def refused_login(err: Exception, tracking_uri: str) -> str:
+    """The one line for a tracking server that refused a trial's login (401 / 403); '' for any other error.
+    Trials log in with their node's environment, not the driver's."""
+    status = err.get_http_status_code() if hasattr(err, "get_http_status_code") else None
+    if status not in (401, 403):
+        return ""
+    return (f"the MLflow server {tracking_uri} refused this trial's login ({status}): every node needs "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in the environment of its `ray start` "
+            "(cluster.yaml: ~/.avb-env.sh; docs/security.md)")
+
+
 # ----------------------------------------------------------------------------- who ran what
 def code_version() -> str:
     """The git commit of the checkout the driver runs from ("+dirty" with uncommitted changes);
@@ -227,5 +238,5 @@ def close_lost_runs(client: MlflowClient, experiment_id: str, parent_run_id: str
 
 
 __all__ = ["Fate", "applicable_params", "close_lost_runs", "close_trial_run", "code_version", "create_trial_run",
-           "fate_of", "find_study_run", "find_trial_run", "method_of", "one_line", "run_name", "source_tags",
-           "trial_runs", "ui_link"]
+           "fate_of", "find_study_run", "find_trial_run", "method_of", "one_line", "refused_login", "run_name",
+           "source_tags", "trial_runs", "ui_link"]
