@@ -137,10 +137,17 @@ def parse_set(item: str) -> tuple[str, object]:
 
 
 def train(cfg: Config, data: Dataset, x_valid: torch.Tensor, args: argparse.Namespace, path: Path) -> dict:
-    """One run; the checkpoint with the best validation log-likelihood is kept at `path`."""
+    """One run; the checkpoint with the best validation log-likelihood is kept at `path`, its record beside it.
+
+    A finished run of the same Config and validation protocol already in --runs is reused, not retrained."""
+    done, protocol = path.with_name("record.json"), [args.valid_every, args.valid_points, args.valid_temps,
+                                                     args.valid_chains, cfg.to_dict()]
+    if path.exists() and done.exists() and json.loads(done.read_text()).get("protocol") == protocol:
+        print(f"   reusing the finished run in {path.parent} (delete it to retrain)", flush=True)
+        return {**json.loads(done.read_text()), "reused": True}
     trainer = Trainer(cfg, data.x_shape, data.train.device)
     record = {"curve": [], "best": -math.inf, "best_step": 0, "diverged": False,
-              "parameters": parameter_counts(trainer.models)}
+              "parameters": parameter_counts(trainer.models), "protocol": protocol}
     t0 = time.perf_counter()
 
     def validate(step: int, metrics: dict, rate: float) -> None:
@@ -160,6 +167,8 @@ def train(cfg: Config, data: Dataset, x_valid: torch.Tensor, args: argparse.Name
         record["diverged"] = True
         print(f"   diverged: {err}", flush=True)
     record["seconds"] = time.perf_counter() - t0
+    done.with_suffix(".tmp").write_text(json.dumps(record))
+    done.with_suffix(".tmp").replace(done)  # only a finished run leaves a record
     return record
 
 
@@ -212,6 +221,12 @@ def fmt(mean: float, se: float) -> str:
     return f"{mean:.2f} ± {se:.2f}"
 
 
+def reused(runs: dict) -> str:
+    """The note on training time when finished runs were reused from --runs."""
+    before = sum(r["seconds"] for r in runs.values() if r.get("reused"))
+    return f" here, plus {before / 60:.0f} min in runs trained earlier and reused from --runs" if before else ""
+
+
 def report(args, data, runs, chosen, tests, per_method, diffs, conv, seconds, cmd) -> str:
     methods = list(per_method)
     headline = (["AVB+AC - VAE: {:.2f} ± {:.2f} nats".format(*paired_difference(per_method["AVB+AC"],
@@ -221,12 +236,15 @@ def report(args, data, runs, chosen, tests, per_method, diffs, conv, seconds, cm
                 if {"VAE", "AVB+AC"} <= set(methods) else [])
     lines = ["# Real images: " + ", ".join(methods) + " on held-out MNIST digits", "",
              f"`{cmd}` — {time.strftime('%Y-%m-%d')}, {args.device_name}, {torch.get_num_threads()} threads, "
-             f"{seconds['total'] / 60:.0f} min in all (training and validation {seconds['train'] / 60:.0f} min, "
+             f"{seconds['total'] / 60:.0f} min in all (training and validation {seconds['train'] / 60:.0f} min"
+             f"{reused(runs)}, "
              f"test AIS {seconds['test'] / 60:.0f} min, convergence check {seconds['check'] / 60:.0f} min).", "",
              f"Data: `{args.dataset}`, {data.sizes['train']:,} train / {data.sizes['valid']:,} validation / "
-             f"{data.sizes['test']:,} test images (split_seed 0), dynamically binarized. Networks: `{args.arch}` "
-             f"({', '.join(f'{k}={v}' for k, v in {**NETWORKS[args.arch], **COMMON}.items())}); "
-             f"{args.steps:,} steps per run, validation every {args.valid_every:,} steps by AIS "
+             f"{data.sizes['test']:,} test images (split_seed 0), dynamically binarized. Networks: "
+             + ("each study's best trial's (below); " if set(methods) <= set(args.study_configs) else
+                f"`{args.arch}` ({', '.join(f'{k}={v}' for k, v in {**NETWORKS[args.arch], **COMMON}.items())}); ")
+             + f"{' / '.join(sorted({f'{config(args, m, chosen[m], 0).steps:,}' for m in methods}))} steps per run, "
+             f"validation every {args.valid_every:,} steps by AIS "
              f"({args.valid_temps} temperatures x {args.valid_chains} chains) on {args.valid_points} validation "
              "images; "
              "test AIS on "
@@ -328,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "reproduction"),
                         help="folder for images.md and the PNGs (default: docs/reproduction)")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "images"),
-                        help="folder for the kept checkpoints (default: runs/images)")
+                        help="folder for the kept checkpoints; a finished run found there with the same Config and "
+                        "validation is reused (default: runs/images)")
     parser.add_argument("--smoke", action="store_true", help="tiny networks, 20 steps, a few images "
                         "(default: off)")
     args = parser.parse_args(argv)

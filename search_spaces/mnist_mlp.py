@@ -12,15 +12,16 @@ authors' `full0` sizes: encoder and decoder 2 x 300 units, 32-dim latent; AVB+AC
 vectors from 3 x 128-unit noise networks (64-dim noise each), with the authors' initialisation.
 
 What is searched (one method per study: the method is BASE's, or --set's):
-- the adversary's capacity: width 64-1024 and depth 1-3 of its x- and z-networks, inner product 32-2048
-  (log scales; the authors' MNIST adversary is 3 x 1024 with 8192, too slow for a CPU study);
+- the adversary's capacity: width 64-512 and depth 1-3 of its x- and z-networks, inner product 32-1024
+  (log scales; the authors' MNIST adversary is 3 x 1024 with 8192: at 3 x 1024 with 2048 a step runs at
+  3.6/s on one core against 16/s for 2 x 256 with 256, benchmarks/speed.py, too slow for a CPU study);
 - both learning rates, log-uniform over 1e-5 to 3e-3, centred on the authors' 5e-5 / 1e-4 (2e-4 is the
   geometric middle) and reaching the 1e-3 that the VAE preferred at 8,000 steps in images.md;
 - adversary steps per encoder step (1-3) and Adam's beta1 (0, 0.5 as the authors, 0.9).
 A VAE study searches its learning rate and beta1 alone (it has no adversary).
 
 Budget (2 CPU cores, --concurrency 2, one thread per trial): a trial is 8 iterations of 2,000 steps
-(batch 128), scored after each on 100 validation images by AIS from each model's own encoder (the
+(batch 128), scored after each on 64 validation images by AIS (1,000 temperatures, 1 chain) from each model's own encoder (the
 estimator whose bias is about the same for every method: docs/reproduction/estimators.md). ASHA cuts
 at iteration 4 (8,000 steps) with reduction factor 2, not earlier: with the authors' initialisation
 AVB+AC starts slowly and overtakes later (docs/method-notes section 5 and images-study.md's curves).

@@ -107,6 +107,10 @@ def test_image_benchmark_smoke_run(tmp_path):
     doc = (tmp_path / "images.md").read_text()
     assert re.search(r"^AVB\+AC - VAE: -?\d+\.\d+ ± \d+\.\d+ nats$", doc, re.M), doc
     assert (tmp_path / "images.png").stat().st_size > 5000 and len(list(tmp_path.glob("images_samples_*.png"))) == 3
+    again = run([str(ROOT / "benchmarks" / "images.py"), "--smoke", "--methods", "VAE", "AVB", "--out",
+                 str(tmp_path / "again"), "--runs", str(tmp_path / "runs")], tmp_path)  # finished runs are reused
+    assert again.returncode == 0 and again.stdout.count("reusing the finished run") == 4, again.stdout[-2000:]
+    assert doc.split("| VAE |")[1][:40] in (tmp_path / "again" / "images.md").read_text()
 
 
 @pytest.mark.slow
