@@ -21,10 +21,11 @@ What is searched (one method per study: the method is BASE's, or --set's):
 A VAE study searches its learning rate and beta1 alone (it has no adversary).
 
 Budget (2 CPU cores, --concurrency 2, one thread per trial): a trial is 8 iterations of 2,000 steps
-(batch 128), scored after each on 64 validation images by AIS (1,000 temperatures, 1 chain) from each model's own encoder (the
-estimator whose bias is about the same for every method: docs/reproduction/estimators.md). ASHA cuts
-at iteration 4 (8,000 steps) with reduction factor 2, not earlier: with the authors' initialisation
-AVB+AC starts slowly and overtakes later (docs/method-notes section 5 and images-study.md's curves).
+(batch 128), scored after each on 64 validation images by AIS (1,000 temperatures, 1 chain) from each
+model's own encoder (the estimator whose bias is about the same for every method:
+docs/reproduction/estimators.md). ASHA cuts at iteration 4 (8,000 steps) with reduction factor 2,
+not earlier: with the authors' initialisation AVB+AC starts slowly and overtakes later
+(docs/method-notes section 5 and images-study.md's curves).
 """
 
 from avb.config import Config
