@@ -4,6 +4,9 @@
     python benchmarks/images.py                         # ~80 min on 2 CPU cores: docs/reproduction/images.md
     python benchmarks/images.py --methods VAE AVB+AC --from-study VAE=vae --from-study AVB+AC=avb-ac \
         --results-dir results --out docs/reproduction/images-study     # the best trial of each study, 2 seeds
+    python benchmarks/images.py --from-study AVB+AC=avb-ac --methods AVB+AC --only-seed 1 &   # seeds in parallel:
+    python benchmarks/images.py --from-study AVB+AC=avb-ac --methods AVB+AC --only-seed 0     # the full command
+        # with the same flags then reuses both runs from --runs (default runs/images) and tests them
     python benchmarks/images.py --smoke --out /tmp/img --runs /tmp/img/runs     # a minute: checks the script only
     python benchmarks/images.py --dataset mnist --arch conv --steps 100000 --valid-every 5000 --valid-points 1000 \\
         --valid-temps 1000 --test-points 10000 --ais-temps 1000 --ais-chains 8 --device cuda \\
@@ -48,17 +51,15 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from images_report import CHECK_FACTOR, figure, report  # noqa: E402
+
 from avb import checkpoint  # noqa: E402
 from avb.config import Config, parse_value  # noqa: E402
 from avb.data import Dataset, load_dataset  # noqa: E402
-from avb.evaluate import ais_per_point, evaluate, paired_difference, summary  # noqa: E402
+from avb.evaluate import ais_per_point, evaluate  # noqa: E402
 from avb.figures import samples_figure  # noqa: E402
 from avb.fit import fit  # noqa: E402
 from avb.models import parameter_counts  # noqa: E402
@@ -76,12 +77,7 @@ NETWORKS = {  # per --arch: the sizes every method shares
     "conv": dict(arch="conv", hidden=32, depth=3, adv_hidden=128, adv_depth=3, adv_inner=512),
 }
 COMMON = dict(latent_dim=32, noise_dim=64, basis_size=32, basis_hidden=128, basis_depth=3, batch_size=128)
-SEARCHED = ("lr", "adv_lr", "beta1", "adv_steps", "adv_hidden", "adv_depth", "adv_inner", "objective", "encoder")
-CHECK_FACTOR = 2  # convergence check: AIS with this many times the test temperatures
 LEARNING_RATES = (3e-4, 1e-3)  # encoder/decoder; the adversary's is twice as large (authors: 5e-5 / 1e-4)
-GPU_COMMAND = ("python benchmarks/images.py --dataset mnist --arch conv --steps 100000 --valid-every 5000 "
-               "--valid-points 1000 --valid-temps 1000 --test-points 10000 --ais-temps 1000 --ais-chains 8 "
-               "--device cuda --out docs/reproduction/mnist --runs runs/images-mnist")
 SMOKE = dict(steps=20, valid_every=10, lrs=[1e-3], seeds=2, valid_temps=3, valid_points=16, test_points=8,
              ais_temps=5, ais_chains=2, check_points=4, is_samples=20)
 SMOKE_CONFIG = dict(hidden=16, adv_hidden=16, adv_inner=8, basis_size=4, basis_hidden=8, basis_depth=1,
@@ -95,6 +91,11 @@ def config(args: argparse.Namespace, method: str, lr: float, seed: int) -> Confi
               **dict(parse_set(item) for item in args.set)}
     return Config(dataset=args.dataset, steps=args.steps, lr=lr, adv_lr=2 * lr, seed=seed,
                   eval_points=args.valid_points, eval_samples=args.is_samples, device=args.device, **values)
+
+
+def run_path(root: Path, method: str, lr: float, seed: int) -> Path:
+    """Where a run keeps its best checkpoint (its record.json beside it)."""
+    return root / f"{method}_lr{lr:g}_seed{seed}" / checkpoint.FILENAME
 
 
 def lrs_for(args: argparse.Namespace, method: str) -> list[float]:
@@ -191,124 +192,6 @@ def convergence(path: Path, x: torch.Tensor, args: argparse.Namespace, device: t
     return out
 
 
-def figure(runs: dict, diffs: torch.Tensor, path: Path) -> None:
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    colours = {"VAE": "tab:blue", "AVB": "tab:orange", "AVB+AC": "tab:green"}
-    for (method, lr, seed), r in runs.items():
-        steps, values = zip(*r["curve"]) if r["curve"] else ((), ())
-        ax1.plot(steps, values, color=colours[method], alpha=1.0 if seed == 0 else 0.5,
-                 ls="-" if lr == max(lr_ for _, lr_, _ in runs) else "--", label=f"{method} lr {lr:g} seed {seed}")
-    ax1.set(xlabel="training step", ylabel="validation log p(x) (short AIS, nats)",
-            title="validation (selection only)")
-    lows = [v for r in runs.values() for _, v in r["curve"] if math.isfinite(v)]
-    if lows:
-        ax1.set_ylim(max(min(lows), max(lows) - 60), max(lows) + 3)
-    ax1.legend(fontsize=6)
-    if diffs is not None:
-        ax2.hist(diffs.numpy(), bins=50, color="tab:green", alpha=0.8)
-        ax2.axvline(0, color="k", lw=0.8)
-        ax2.axvline(diffs.mean().item(), color="tab:red", lw=1.2, label=f"mean {diffs.mean():+.2f}")
-        ax2.set(xlabel="AVB+AC - VAE, test log p(x) per image (AIS, nats)", ylabel="images",
-                title="paired differences")
-        ax2.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def fmt(mean: float, se: float) -> str:
-    return f"{mean:.2f} ± {se:.2f}"
-
-
-def reused(runs: dict) -> str:
-    """The note on training time when finished runs were reused from --runs."""
-    before = sum(r["seconds"] for r in runs.values() if r.get("reused"))
-    return f" here, plus {before / 60:.0f} min in runs trained earlier and reused from --runs" if before else ""
-
-
-def report(args, data, runs, chosen, tests, per_method, diffs, conv, seconds, cmd) -> str:
-    methods = list(per_method)
-    headline = (["AVB+AC - VAE: {:.2f} ± {:.2f} nats".format(*paired_difference(per_method["AVB+AC"],
-                                                                                 per_method["VAE"])), "",
-                 "(paired over the test images: per-image AIS log-likelihoods averaged over the seeds, then the "
-                 "standard error of the mean difference over images; positive favours AVB+AC.)", ""]
-                if {"VAE", "AVB+AC"} <= set(methods) else [])
-    lines = ["# Real images: " + ", ".join(methods) + " on held-out MNIST digits", "",
-             f"`{cmd}` — {time.strftime('%Y-%m-%d')}, {args.device_name}, {torch.get_num_threads()} threads, "
-             f"{seconds['total'] / 60:.0f} min in all (training and validation {seconds['train'] / 60:.0f} min"
-             f"{reused(runs)}, "
-             f"test AIS {seconds['test'] / 60:.0f} min, convergence check {seconds['check'] / 60:.0f} min).", "",
-             f"Data: `{args.dataset}`, {data.sizes['train']:,} train / {data.sizes['valid']:,} validation / "
-             f"{data.sizes['test']:,} test images (split_seed 0), dynamically binarized. Networks: "
-             + ("each study's best trial's (below); " if set(methods) <= set(args.study_configs) else
-                f"`{args.arch}` ({', '.join(f'{k}={v}' for k, v in {**NETWORKS[args.arch], **COMMON}.items())}); ")
-             + f"{' / '.join(sorted({f'{config(args, m, chosen[m], 0).steps:,}' for m in methods}))} steps per run, "
-             f"validation every {args.valid_every:,} steps by AIS "
-             f"({args.valid_temps} temperatures x {args.valid_chains} chains) on {args.valid_points} validation "
-             "images; "
-             "test AIS on "
-             f"{args.test_points} test images, {args.ais_temps} temperatures x {args.ais_chains} chains, 10 "
-             "leapfrog steps, q0 from each model's own encoder.", "",
-             *([f"Changed for every run: {', '.join(args.set)}.", ""] if args.set else []),
-             *[f"{m}: the best trial (#{n}, chosen on validation) of study `{study}`, retrained here: "
-               + ", ".join(f"{k}={v}" for k, v in sorted(args.study_configs[m].to_dict().items())
-                           if k in SEARCHED) + f", {args.study_configs[m].steps:,} steps." + "\n"
-               for m, (study, n) in args.study_trials.items()],
-             "## Headline", "", *headline,
-             "| method | test log p(x), AIS | ± over images | ± Monte Carlo | learning rate (chosen on validation) | "
-             "parameters (enc / dec / adv) |", "|---|---:|---:|---:|---:|---|"]
-    for method in methods:
-        s = summary(per_method[method], torch.stack([tests[(method, seed)]["ais_mc"] for seed in range(args.seeds)])
-                    .pow(2).mean(0).sqrt() / math.sqrt(args.seeds), "x")
-        p = runs[(method, chosen[method], 0)]["parameters"]
-        lines.append(f"| {method} | {s['x']:.2f} | {s['x_se']:.2f} | {s['x_mc_se']:.3f} | {chosen[method]:g} | "
-                     f"{p['encoder']:,} / {p['decoder']:,} / {p['adversary']:,} |")
-    lines += ["", "Paired differences (same test images):", "", "| comparison | all seeds | "
-              + " | ".join(f"seed {s}" for s in range(args.seeds)) + " |", "|---|---:|" + "---:|" * args.seeds]
-    for a, b in [(a, b) for a, b in (("AVB+AC", "VAE"), ("AVB", "VAE"), ("AVB+AC", "AVB")) if {a, b} <= set(methods)]:
-        per_seed = [paired_difference(tests[(a, s)]["ais"], tests[(b, s)]["ais"]) for s in range(args.seeds)]
-        lines.append(f"| {a} - {b} | {fmt(*paired_difference(per_method[a], per_method[b]))} | "
-                     + " | ".join(fmt(*d) for d in per_seed) + " |")
-    lines += ["", "## Every run", "", "| method | lr | seed | best validation log p(x) (short AIS) | at step | "
-              "diverged | "
-              "minutes | test AIS | test IS | reconstruction | ELBO (VAE) / adversary's estimate (AVB) | "
-              "KL(q(z), p(z)) |", "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for (method, lr, seed), r in runs.items():
-        t = tests.get((method, seed)) if lr == chosen[method] else None
-        m = t["metrics"] if t else {}
-        elbo = m.get("elbo", m.get("adversary_elbo"))
-        lines.append(f"| {method} | {lr:g} | {seed} | {r['best']:.2f} | {r['best_step']} | "
-                     f"{'yes' if r['diverged'] else 'no'} | {r['seconds'] / 60:.1f} | "
-                     + (f"{t['ais'].mean():.2f} | {m['log_likelihood']:.2f} | {m['reconstruction_error']:.2f} | "
-                        f"{elbo:.2f} | {m['kl_qz_pz']:.2f} |" if t else "— | — | — | — | — |"))
-    lines += ["", f"Test IS: avb.evaluate's importance sampling with {args.is_samples} samples per image, a "
-              "stochastic lower bound; its distance below AIS shows how far each encoder's Gaussian fit is from the "
-              "true posterior. The VAE's ELBO is a bound; AVB's figure is "
-              "E log p(x|z) - E T, the adversary's estimate, not a bound: where it lies above the AIS "
-              "log-likelihood the adversary under-estimates KL(q(z|x) || p(z)).", "",
-              f"## Is AIS converged? ({args.check_points} test images, seed 0)", "",
-              f"| method | {args.ais_temps} temperatures | {CHECK_FACTOR * args.ais_temps} temperatures | "
-              "difference |",
-              "|---|---:|---:|---:|"]
-    for method, c in conv.items():
-        lo, hi = c[args.ais_temps], c[CHECK_FACTOR * args.ais_temps]
-        lines.append(f"| {method} | {lo.mean():.2f} | {hi.mean():.2f} | {fmt(*paired_difference(hi, lo))} |")
-    lines += ["", "## Full MNIST on a GPU", "",
-              "The same protocol on the 60,000 / 10,000 MNIST digits (50,000 train / 10,000 validation from the "
-              "official training set, the official test set), the paper's conv nets and the official AIS "
-              "settings:", "", "    " + GPU_COMMAND, "",
-              "Work against this run: 12.5x the training steps per run, each through conv nets, "
-              "validation on 1,000 images, and test AIS on 10,000 images with 1,000 temperatures x 8 chains "
-              "(about 270x the chain-temperature steps of this run, each through a conv decoder). Not run here: "
-              "no GPU was lent to the session that wrote "
-              "this; `benchmarks/speed.py` measures the conv step on a GPU.",
-              "", "![validation curves and paired differences](images.png)", "",
-              "Samples (decoder means for z ~ p(z)), seed 0:", ""]
-    lines += [f"![{m}](images_samples_{m.lower().replace('+', '_')}.png)" for m in methods]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="mnist_sample", choices=["mnist_sample", "mnist", "digits"],
@@ -348,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default=str(ROOT / "runs" / "images"),
                         help="folder for the kept checkpoints; a finished run found there with the same Config and "
                         "validation is reused (default: runs/images)")
+    parser.add_argument("--only-seed", type=int, metavar="SEED",
+                        help="train seed SEED of each method into --runs and stop (no test): seeds in parallel "
+                        "processes, then the full command reuses them; one learning rate per method (default: off)")
     parser.add_argument("--smoke", action="store_true", help="tiny networks, 20 steps, a few images "
                         "(default: off)")
     args = parser.parse_args(argv)
@@ -355,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in SMOKE.items():
             setattr(args, key, value)
     args.study_configs, args.study_trials = studies(parser, args)
+    args.shared_sizes = {**NETWORKS[args.arch], **COMMON}  # for the report
+    if args.only_seed is not None and any(len(lrs_for(args, m)) > 1 for m in args.methods):
+        parser.error("--only-seed needs one learning rate per method: --from-study, or a single --lrs value")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -368,30 +257,36 @@ def main(argv: list[str] | None = None) -> int:
     # --- training: a learning-rate grid on seed 0, then the chosen rate on the further seeds (validation only)
     runs, chosen = {}, {}
     for method in args.methods:
+        if args.only_seed is not None:  # one seed of the one setting, into --runs; the full command reuses it
+            lr = lrs_for(args, method)[0]
+            print(f"--- {method}, lr {lr:g}, seed {args.only_seed}", flush=True)
+            train(config(args, method, lr, args.only_seed), data, x_valid, args, run_path(root, method, lr,
+                                                                                        args.only_seed))
+            continue
         for lr in lrs_for(args, method):
             print(f"--- {method}, lr {lr:g}, seed 0", flush=True)
             runs[(method, lr, 0)] = train(config(args, method, lr, 0), data, x_valid, args,
-                                          root / f"{method}_lr{lr:g}_seed0" / checkpoint.FILENAME)
+                                          run_path(root, method, lr, 0))
         chosen[method] = max(lrs_for(args, method), key=lambda lr: runs[(method, lr, 0)]["best"])
         for seed in range(1, args.seeds):
             print(f"--- {method}, lr {chosen[method]:g} (chosen on validation), seed {seed}", flush=True)
             runs[(method, chosen[method], seed)] = train(config(args, method, chosen[method], seed), data, x_valid,
-                                                         args, root / f"{method}_lr{chosen[method]:g}_seed{seed}"
-                                                         / checkpoint.FILENAME)
+                                                         args, run_path(root, method, chosen[method], seed))
+    if args.only_seed is not None:
+        return 0
     t_train = time.perf_counter()
 
     # --- test: AIS on the held-out images, once per kept checkpoint
     tests = {}
     for method in args.methods:
         for seed in range(args.seeds):
-            path = root / f"{method}_lr{chosen[method]:g}_seed{seed}" / checkpoint.FILENAME
-            tests[(method, seed)] = test(path, x_test, args, device)
+            tests[(method, seed)] = test(run_path(root, method, chosen[method], seed), x_test, args, device)
             print(f"--- test {method} seed {seed}: AIS {tests[(method, seed)]['ais'].mean():.2f} "
                   f"({tests[(method, seed)]['ais_seconds']:.0f}s)", flush=True)
     per_method = {m: torch.stack([tests[(m, s)]["ais"] for s in range(args.seeds)]).mean(0) for m in args.methods}
     t_test = time.perf_counter()
-    conv = {m: convergence(root / f"{m}_lr{chosen[m]:g}_seed0" / checkpoint.FILENAME,
-                           x_test[: args.check_points], args, device) for m in args.methods}
+    conv = {m: convergence(run_path(root, m, chosen[m], 0), x_test[: args.check_points], args, device)
+            for m in args.methods}
     t_end = time.perf_counter()
 
     # --- report
@@ -399,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     diffs = per_method["AVB+AC"] - per_method["VAE"] if {"AVB+AC", "VAE"} <= set(per_method) else None
     figure(runs, diffs, out / "images.png")
     for m in args.methods:
-        samples_figure(checkpoint.load(root / f"{m}_lr{chosen[m]:g}_seed0" / checkpoint.FILENAME, device),
+        samples_figure(checkpoint.load(run_path(root, m, chosen[m], 0), device),
                        out / f"images_samples_{m.lower().replace('+', '_')}.png", n=64, title=m)
     cmd = "python benchmarks/images.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(args, data, runs, chosen, tests, per_method, diffs, conv, seconds, cmd.strip())

@@ -27,6 +27,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+REST_TIMEOUT_S = 120  # one call took 19-30+ s on 2 cores at load 10 (two studies beside the server)
 SECRETS_DIR = "~/.avb-study"
 SECRETS_TEMPLATE = """# avb-study cluster secrets (docs/security.md): mode 600, outside any checkout; never commit it.
 # cluster.yaml syncs this folder to ~/.avb-secrets on every node; `ray up` stops while a value is empty.
@@ -93,7 +94,7 @@ def call(uri: str, login: tuple[str, str], method: str, path: str, body: dict | 
                                      data=json.dumps(body).encode() if body is not None else None,
                                      headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=REST_TIMEOUT_S) as response:
             return response.status
     except urllib.error.HTTPError as err:
         return err.code

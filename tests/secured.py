@@ -58,7 +58,7 @@ def status(url: str, method: str = "GET", body: dict | None = None, bearer: str 
         headers["Authorization"] = "Basic " + base64.b64encode(":".join(basic).encode()).decode()
     data = json.dumps(body).encode() if body is not None else None
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=30) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=120) as r:
             return r.status
     except urllib.error.HTTPError as err:
         return err.code
@@ -66,7 +66,7 @@ def status(url: str, method: str = "GET", body: dict | None = None, bearer: str 
 
 def get_json(url: str, bearer: str) -> dict:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {bearer}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read())
 
 

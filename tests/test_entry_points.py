@@ -101,9 +101,17 @@ def test_reproduction_smoke_run_writes_table_and_pictures(tmp_path):
 
 @pytest.mark.slow
 def test_image_benchmark_smoke_run(tmp_path):
+    seed1 = run([str(ROOT / "benchmarks" / "images.py"), "--smoke", "--only-seed", "1", "--out", str(tmp_path),
+                 "--runs", str(tmp_path / "runs")], tmp_path)  # a second process's seed, trained beforehand
+    assert seed1.returncode == 0 and not (tmp_path / "images.md").exists(), seed1.stderr[-2000:]
+    assert len(list((tmp_path / "runs").glob("*_seed1/record.json"))) == 3
+    grid = run([str(ROOT / "benchmarks" / "images.py"), "--only-seed", "1", "--lrs", "3e-4", "1e-3", "--runs",
+                str(tmp_path / "grid")], tmp_path)  # seed 1 of which rate? the grid's choice is seed 0's
+    assert grid.returncode == 2 and "--only-seed needs one learning rate" in grid.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "grid").exists()
     out = run([str(ROOT / "benchmarks" / "images.py"), "--smoke", "--out", str(tmp_path), "--runs",
                str(tmp_path / "runs")], tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0 and out.stdout.count("reusing the finished run") == 3, out.stderr[-2000:]
     doc = (tmp_path / "images.md").read_text()
     assert re.search(r"^AVB\+AC - VAE: -?\d+\.\d+ ± \d+\.\d+ nats$", doc, re.M), doc
     assert (tmp_path / "images.png").stat().st_size > 5000 and len(list(tmp_path.glob("images_samples_*.png"))) == 3
