@@ -29,8 +29,12 @@ from avb.networks import EncoderOutput
 TRAIN_METRICS = ("loss_primal", "loss_adversary", "train_reconstruction", "train_kl")
 
 
+BLOW_UP_NATS_PER_DIM = 100.0  # a training loss beyond this many nats per data dimension is a blow-up
+
+
 class DivergedError(FloatingPointError):
-    """A loss became NaN or infinite."""
+    """A loss became NaN or infinite, or blew up: its magnitude passed BLOW_UP_NATS_PER_DIM x data dimensions
+    (78,400 nats for an MNIST digit, whose coin-flip model costs 543)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,13 +144,17 @@ class Trainer:
         self.step_count += 1
 
     def pop_metrics(self) -> dict[str, float]:
-        """Mean training metrics since the last call (one host sync); raises DivergedError on NaN/inf."""
+        """Mean training metrics since the last call (one host sync); raises DivergedError on NaN/inf or a blow-up."""
         values = (self._sums / max(self._n, 1)).tolist()
         self._sums.zero_()
         self._n = 0
         metrics = dict(zip(TRAIN_METRICS, values))
         if not all(math.isfinite(v) for v in values):
             raise DivergedError(f"non-finite training loss at step {self.step_count}: {metrics}")
+        bound = BLOW_UP_NATS_PER_DIM * math.prod(self.x_shape)
+        if any(abs(v) > bound for v in values):
+            raise DivergedError(f"training loss beyond {bound:g} nats ({BLOW_UP_NATS_PER_DIM:g} per data dimension) "
+                                f"at step {self.step_count}: {metrics}")
         if self.cfg.objective == "vae":  # no adversary: its loss is a constant 0, not a metric
             del metrics["loss_adversary"]
         return metrics

@@ -126,3 +126,14 @@ def test_fit_raises_on_divergence(tiny):
             p.fill_(float("nan"))
     with pytest.raises(DivergedError):
         fit(trainer, data, 5, log_every=5)
+
+
+def test_fit_calls_a_finite_blow_up_diverged(tiny):
+    """Losses of millions of nats are finite but no model: beyond 100 nats per data dimension is diverged."""
+    data = load_dataset(tiny, "cpu")
+    trainer = Trainer(tiny, data.x_shape)
+    with torch.no_grad():
+        for p in trainer.models.decoder.parameters():
+            p.mul_(1e6)  # logits of +-1e6: a wrong pixel costs about 1e6 nats, still finite
+    with pytest.raises(DivergedError, match="beyond 400 nats"):
+        fit(trainer, data, 2, log_every=2)

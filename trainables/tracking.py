@@ -10,7 +10,7 @@ A trial ends in exactly one fate, recorded the same way everywhere:
 |---------------|----------------------------------------|---------------|-----------------------|
 | finished      | ran the full budget                    | FINISHED      | COMPLETE (its value)  |
 | stopped_early | ASHA stopped it (a low-fidelity value) | FINISHED      | PRUNED (last value)   |
-| diverged      | its loss became NaN or infinite        | FAILED        | FAIL                  |
+| diverged      | its loss: NaN, inf or > 100 nats/dim   | FAILED        | FAIL                  |
 | crashed       | raised, after all of Tune's retries    | FAILED        | FAIL                  |
 | lost          | left RUNNING by a vanished process     | FAILED        | FAIL                  |
 | interrupted   | the driver was stopped (Ctrl-C, TERM)  | KILLED        | RUNNING (resumable)   |
