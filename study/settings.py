@@ -18,6 +18,7 @@ import json
 import os
 import re
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,10 +155,15 @@ class StudySettings:
             if filesystem.get_file_info(path).type != fs.FileType.File:
                 return None
             with filesystem.open_input_stream(path) as f:
-                return json.loads(f.read())
+                values = json.loads(f.read())
         except (OSError, ValueError) as err:
             raise StudyError(f"cannot read the study's settings under {self.storage_path} ({first_line(err)}); "
                              "check --storage-path and its credentials") from None
+        problem = shape_problem(values)
+        if problem:
+            raise StudyError(f"{path} is not a study's settings file ({problem}); it is written once, when the "
+                             "study starts: restore it from a copy, or start a new study with another --study-name")
+        return values
 
     def check_writable(self) -> None:
         """Write and delete a probe where the settings will go: a storage path that cannot be written (read-only,
@@ -196,6 +202,11 @@ class StudySettings:
                                  f"({shown or 'none'}); a resumed study keeps its settings: drop the flag, "
                                  "or start a new study with another --study-name")
             setattr(self, name, theirs)
+        try:
+            self.check()
+        except StudyError as err:
+            raise StudyError(f"the study's saved settings ({STUDY_FILE} under --storage-path) are invalid: {err}; "
+                             "restore the file from a copy, or start a new study with another --study-name") from None
         notes = []
         for name in CHANGEABLE_ON_RESUME:
             if name not in given:
@@ -206,6 +217,23 @@ class StudySettings:
 
 
 # ----------------------------------------------------------------------------- helpers
+def shape_problem(values) -> str:
+    """What is wrong with the shape of a saved settings file ('' when nothing): a JSON object with every kept
+    and changeable setting, each of its field's type."""
+    if not isinstance(values, dict):
+        return f"a JSON {type(values).__name__}, not an object"
+    hints = typing.get_type_hints(StudySettings)
+    for name in (*KEPT_ON_RESUME, *CHANGEABLE_ON_RESUME):
+        if name not in values:
+            return f"no {name!r}"
+        value, hint = values[name], hints[name]
+        if hint is float and isinstance(value, int):
+            value = float(value)
+        if (isinstance(value, bool) and hint is not bool) or not isinstance(value, hint):
+            return f"{name!r} is {value!r}, not {getattr(hint, '__name__', hint)}"
+    return ""
+
+
 def flag(name: str) -> str:
     return name.replace("_", "-")
 

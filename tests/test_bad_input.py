@@ -66,6 +66,17 @@ def prepare(case: str, where: Path) -> list[str]:
         for i in range(3):
             (where / "imgs" / f"{i}.png").write_bytes(b"definitely not a png")
         return ["--set", f"data_root={where / 'imgs'}"]
+    if case.startswith("settings-"):  # a damaged avb-study.json of a study named 'damaged'
+        import dataclasses
+        import json
+
+        from study.settings import STUDY_FILE, StudySettings
+
+        (where / "store" / "damaged").mkdir(parents=True)
+        values = [1, 2] if case == "settings-not-an-object" else {**dataclasses.asdict(StudySettings()),
+                                                                  "num_trials": -3}
+        (where / "store" / "damaged" / STUDY_FILE).write_text(json.dumps(values))
+        return ["--resume", "--study-name", "damaged", "--storage-path", str(where / "store")]
     return []
 
 
@@ -88,6 +99,9 @@ STUDY_CASES = {  # id: (arguments, part of the message)
     "bad-study-name": (["--study-name", "my study/1"], "--study-name 'my study/1'"),
     "resume-without-name": (["--resume"], "--resume needs --study-name"),
     "resume-unknown-study": (["--resume", "--study-name", "nope"], "no study named 'nope'"),
+    "settings-not-an-object": ([], "is not a study's settings file (a JSON list, not an object)"),
+    "settings-invalid-value": ([], "saved settings (avb-study.json under --storage-path) are invalid: --num-trials "
+                                   "must be a positive integer"),
     "set-negative-lr": (["--set", "lr=-1"], "lr=-1.0 must be a positive learning rate"),
     "set-unknown-field": (["--set", "widht=3"], "unknown config field(s) widht"),
     "set-without-value": (["--set", "hidden"], "expected FIELD=VALUE"),
