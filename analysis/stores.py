@@ -73,8 +73,9 @@ def find_stores(results_dir: str | Path | None = None, tracking_uri: str | None 
 def _sqlite_tables(path: Path, what: str, flag: str) -> set[str]:
     """Table names of an existing SQLite file, opened read-only (a missing file is never created)."""
     if not path.exists():
+        env = {"--tracking-uri": TRACKING_ENV, "--optuna-storage": OPTUNA_ENV}.get(flag)
         raise AnalysisError(f"no {what} at {path}; run a study first (python study/run.py --results-dir "
-                            f"{path.parent}), or pass --results-dir or {flag}")
+                            f"{path.parent}), or pass --results-dir or {flag}" + (f" (or set ${env})" if env else ""))
     if not path.is_file():
         raise AnalysisError(f"{what} {path} is a folder, not a SQLite file; pass {flag} sqlite:////abs/path.db")
     try:

@@ -245,6 +245,16 @@ def test_analysis_bad_input(case, existing, tmp_path):
     assert not (tmp_path / "missing.db").exists()
 
 
+def test_report_with_only_the_mlflow_variable_names_the_optuna_one(existing, tmp_path):
+    """A cluster user who exported MLFLOW_TRACKING_URI alone is told which variable names the Optuna storage."""
+    env = {**study_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{existing / 'results' / 'mlflow.db'}"}
+    env.pop("AVB_OPTUNA_STORAGE", None)
+    out = subprocess.run([sys.executable, "-m", "analysis.report", "--study", "kept"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert_one_line_error(out, "(or set $AVB_OPTUNA_STORAGE)")
+    assert not (tmp_path / "results").exists()
+
+
 def test_every_entry_point_has_help_with_defaults(tmp_path):
     for args in (["-m", "avb"], [str(ROOT / "study" / "run.py")], ["-m", "analysis.export"],
                  ["-m", "analysis.report"]):
