@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from pathlib import Path
 
 from ray import tune
@@ -30,11 +31,16 @@ def trial_error(trial) -> str:
 
 
 class Recorder(tune.Callback):
-    def __init__(self, tracking_uri: str, settings, num_trials: int, ended_before: int = 0):
+    def __init__(self, tracking_uri: str, settings, num_trials: int, ended_before: int = 0,
+                 progress_every: float = 60.0):
         """`tracking_uri` as the driver sees it; `settings`: the trials' `TrialSettings`; `ended_before`:
-        trials that ended before a resume (for the progress count)."""
+        trials that ended before a resume (for the progress count); `progress_every`: seconds between
+        progress lines."""
         self.tracking_uri, self.settings, self.num_trials = tracking_uri, settings, num_trials
-        self.ended_before = ended_before
+        self.ended_before, self.progress_every = ended_before, progress_every
+        self.started_at = self.last_progress = time.monotonic()
+        self.iterations_here = 0  # trial-iterations reported to this driver (its rate gives the time bound)
+        self.best: tuple[float, int, int] | None = None  # (log_likelihood, trial number, iteration)
         self.ended: dict[str, Fate] = {}  # Tune trial id -> fate, for trials that ended in this driver
         self.numbers: dict[str, int] = {}  # Tune trial id -> the study's trial number
         self._client = None
@@ -51,10 +57,40 @@ class Recorder(tune.Callback):
         return self._client
 
     # ------------------------------------------------------------------ Tune's callbacks
+    def on_trial_start(self, iteration, trials, trial, **info):
+        searched = {k: v for k, v in trial.config.items() if k != NUMBER_KEY}
+        print(f"  trial {trial.config.get(NUMBER_KEY)} started: "
+              + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(searched.items())),
+              flush=True)
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.iterations_here += 1
         if result.get("diverged"):
             print(f"  trial {trial.config.get(NUMBER_KEY)}: diverged at iteration {result['training_iteration']}",
                   flush=True)
+            return
+        value = result.get("log_likelihood")
+        if isinstance(value, float) and math.isfinite(value) and (self.best is None or value > self.best[0]):
+            self.best = (value, trial.config.get(NUMBER_KEY), result["training_iteration"])
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.monotonic() - self.last_progress >= self.progress_every:
+            self.last_progress = time.monotonic()
+            print(self.progress_line(trials), flush=True)
+
+    def progress_line(self, trials) -> str:
+        """Trials running and ended, the best validation value so far, and a bound on the time left (every
+        trial not yet ended runs its full budget at the rate seen so far; ASHA usually ends it sooner)."""
+        running = [t for t in trials if t.status == "RUNNING"]
+        ended = min(self.ended_before + len(self.ended), self.num_trials)
+        minutes = (time.monotonic() - self.started_at) / 60
+        best = (f"best log_likelihood {self.best[0]:.4f} (trial {self.best[1]}, iteration {self.best[2]})"
+                if self.best else "no validation value yet")
+        left = (self.num_trials - ended) * self.settings.iterations - sum(
+            (t.last_result or {}).get("training_iteration", 0) for t in running)
+        bound = f", at most {left * minutes / self.iterations_here:.0f} min left" if self.iterations_here else ""
+        return (f"progress: {len(running)} running, {ended}/{self.num_trials} ended; {best}; "
+                f"{minutes:.0f} min{bound}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.close(trial, tracking.fate_of("TERMINATED", trial.last_result, self.settings.iterations))

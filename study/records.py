@@ -102,7 +102,8 @@ def start(settings: StudySettings, trial_tracking_uri: str):
                                    study_name=settings.study_name, overrides=settings.overrides, run_tags=tags)
     trainable = tune.with_resources(tune.with_parameters(AVBTrainable, settings=trial_settings),
                                     {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
-    return trainable, Recorder(settings.tracking_uri, trial_settings, settings.num_trials, ended_trials(settings))
+    return trainable, Recorder(settings.tracking_uri, trial_settings, settings.num_trials, ended_trials(settings),
+                               settings.progress_every)
 
 
 def ended_trials(settings: StudySettings) -> int:

@@ -32,6 +32,7 @@ IMAGE_DATASETS = ("mnist", "celeba", "folder")  # data sets read from data_root
 KEPT_ON_RESUME = ("preset", "num_trials", "concurrency", "cpus_per_trial", "gpus_per_trial", "iterations",
                   "steps_per_iteration", "scheduler", "sampler", "baselines", "seed", "keep_checkpoints",
                   "max_failures", "overrides")
+NOT_SAVED = ("resume", "address", "verbose", "progress_every")  # how this driver runs, not what the study is
 # what --resume may change: where the stores are, where Ray runs, the evaluation after the study
 CHANGEABLE_ON_RESUME = ("tracking_uri", "optuna_storage", "final_ais", "ais_temps", "ais_points")
 
@@ -65,6 +66,8 @@ class StudySettings:
     ais_points: int | None = None  # None: the preset's
     keep_checkpoints: int = 2
     max_failures: int = 2
+    verbose: bool = False  # Tune's own status tables (off: the project's lines only)
+    progress_every: float = 60.0  # seconds between progress lines
     overrides: dict = field(default_factory=dict)  # Config fields fixed for every trial (--set)
 
     # ------------------------------------------------------------------ checks
@@ -86,6 +89,8 @@ class StudySettings:
         if self.max_failures < 0:
             raise StudyError(f"--max-failures must be >= 0 (retries of a crashed trial), got {self.max_failures}; "
                              "Ray would read a negative value as unlimited retries")
+        if not self.progress_every > 0:
+            raise StudyError(f"--progress-every must be > 0 seconds, got {self.progress_every}")
         if self.final_ais < 0:
             raise StudyError(f"--final-ais must be >= 0 (0 turns it off), got {self.final_ais}")
         if self.resume and not self.study_name:
@@ -183,7 +188,7 @@ class StudySettings:
         """Written last, once everything checked out; store passwords are never written (see `masked`)."""
         filesystem, path = self.study_file()
         filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("resume", "address")}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_SAVED}
         values |= {"tracking_uri": masked(self.tracking_uri), "optuna_storage": masked(self.optuna_storage)}
         with filesystem.open_output_stream(path) as f:
             f.write(json.dumps(values, indent=2).encode())
@@ -344,6 +349,11 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                                                         f"{d.keep_checkpoints})")
     p.add_argument("--max-failures", type=int,
                    help=f"retries of a crashed trial, e.g. after a lost node (default: {d.max_failures})")
+    p.add_argument("--verbose", action="store_true", default=None,
+                   help="also print Ray Tune's status tables and trial configs (default: the study's own lines: "
+                   "one per trial event and a progress line)")
+    p.add_argument("--progress-every", type=float, metavar="SECONDS",
+                   help=f"seconds between progress lines (default: {d.progress_every:g})")
     p.add_argument("--set", dest="overrides", action="append", metavar="FIELD=VALUE",
                    help="fix a Config field for every trial, also a searched one, e.g. --set hidden=64 (repeatable)")
     return p

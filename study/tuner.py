@@ -168,7 +168,8 @@ def run_config(settings: StudySettings, recorder: Recorder):
     from ray import tune
 
     return tune.RunConfig(
-        name=settings.study_name, storage_path=settings.storage_path, callbacks=[recorder], verbose=1,
+        name=settings.study_name, storage_path=settings.storage_path, callbacks=[recorder],
+        verbose=1 if settings.verbose else 0,
         stop={"training_iteration": settings.iterations},
         # the trainable asks for a checkpoint after every finite iteration (`should_checkpoint`);
         # Ray keeps the best N by validation log-likelihood and always the latest
@@ -210,4 +211,5 @@ def restore_tuner(settings: StudySettings, trainable, recorder: Recorder):
     internal = tuner._local_tuner  # private, pinned Ray 2.60: Tuner.restore takes no new searcher or callbacks
     internal._tune_config.search_alg.searcher.rebind(optuna.storages.RDBStorage(settings.optuna_storage))
     internal._run_config.callbacks = [recorder]
+    internal._run_config.verbose = 1 if settings.verbose else 0
     return tuner

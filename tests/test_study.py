@@ -4,6 +4,7 @@ kind of trial leaves in MLflow and Optuna (see trainables/tracking.py for the ma
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -22,9 +23,14 @@ pytestmark = pytest.mark.slow
 def test_clean_study_leaves_exact_records(tmp_path):
     results = tmp_path / "results"
     out = run_study(["--results-dir", str(results), "--study-name", "e2e", "--num-trials", "4",
-                     "--scheduler", "none", *FAST], cwd=tmp_path)
+                     "--scheduler", "none", "--progress-every", "2", *FAST], cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "best trial" in out.stdout and "workflowType=machine_learning" in out.stdout
+    # the console a person reads: a line per trial start and end, progress lines, none of Tune's tables
+    assert all(f"trial {n} started: " in out.stdout for n in range(4)) and out.stdout.count("] trial ") == 4
+    assert re.search(r"^progress: \d running, \d/4 ended; (best log_likelihood -\d+\.\d+ \(trial \d, iteration \d\)"
+                     r"|no validation value yet); \d+ min", out.stdout, re.M), out.stdout[-3000:]
+    assert "Trial status" not in out.stdout and "Trial name" not in out.stdout
 
     uri = sqlite(results / "mlflow.db")
     parent, runs = trial_runs(uri, "e2e")
