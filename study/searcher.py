@@ -77,8 +77,10 @@ class TrialNumber:
 
 
 class StudySearch(OptunaSearch):
-    def __init__(self, space: Callable, *, full_iterations: int, fixed: dict | None = None, **kwargs):
-        self.full_iterations, self.fixed = full_iterations, dict(fixed or {})
+    def __init__(self, space: Callable, *, full_iterations: int, fixed: dict | None = None,
+                 links: dict | None = None, **kwargs):
+        """`links`: study user attributes that point to the study's other records (its MLflow experiment)."""
+        self.full_iterations, self.fixed, self.links = full_iterations, dict(fixed or {}), dict(links or {})
         super().__init__(space, **kwargs)
 
     def _setup_study(self, mode):
@@ -86,6 +88,8 @@ class StudySearch(OptunaSearch):
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and what optuna-dashboard shows
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self._ot_study.set_metric_names([self._metric])
+        for key, value in self.links.items():
+            self._ot_study.set_user_attr(key, value)
 
     # ------------------------------------------------------------------ asking
     def _suggest_from_define_by_run_func(self, func, ot_trial) -> dict:
@@ -111,6 +115,8 @@ class StudySearch(OptunaSearch):
             return None
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr("tune_trial_id", trial_id)
+        if "fixed_params" in self._stored(trial_id).system_attrs:  # enqueued: one of the preset's BASELINES
+            ot_trial.set_user_attr("baseline", True)
         return {**config, NUMBER_KEY: ot_trial.number}
 
     # ------------------------------------------------------------------ telling

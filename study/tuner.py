@@ -13,7 +13,7 @@ from search_spaces import asha_settings, load_preset
 from study.credentials import check_ray_login
 from study.recorder import Recorder
 from study.searcher import SAMPLERS, StudySearch
-from study.settings import StudyError, StudySettings
+from study.settings import StudyError, StudySettings, masked
 
 METRIC, MODE = "log_likelihood", "max"  # validation log p(x): what ASHA, Optuna and the checkpoints rank by
 
@@ -144,7 +144,7 @@ def check_resources(settings: StudySettings, on_cluster: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- Tune
-def make_searcher(settings: StudySettings) -> StudySearch:
+def make_searcher(settings: StudySettings, links: dict | None = None) -> StudySearch:
     preset = load_preset(settings.preset)
     baselines = preset.BASELINES[: settings.num_trials] if settings.baselines else None  # none left queued
     return StudySearch(
@@ -152,7 +152,7 @@ def make_searcher(settings: StudySettings) -> StudySearch:
         points_to_evaluate=baselines or None,
         sampler=SAMPLERS[settings.sampler](seed=settings.seed), study_name=settings.study_name,
         storage=optuna.storages.RDBStorage(settings.optuna_storage), full_iterations=settings.iterations,
-        fixed=settings.overrides)
+        fixed=settings.overrides, links=links)
 
 
 def make_scheduler(settings: StudySettings):
@@ -183,7 +183,10 @@ def build_tuner(settings: StudySettings, trainable, recorder: Recorder):
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    searcher = ConcurrencyLimiter(make_searcher(settings), max_concurrent=settings.concurrency)
+    s = recorder.settings
+    links = {"mlflow_tracking_uri": masked(s.tracking_uri), "mlflow_experiment_id": s.experiment_id,
+             "mlflow_parent_run_id": s.parent_run_id}  # the trials' runs: tag trial_number
+    searcher = ConcurrencyLimiter(make_searcher(settings, links), max_concurrent=settings.concurrency)
     return tune.Tuner(trainable, run_config=run_config(settings, recorder),
                       tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(settings),
                                                   num_samples=settings.num_trials))

@@ -188,3 +188,16 @@ def test_a_vae_study_of_the_mnist_mlp_preset_searches_no_adversary():
     avb = searcher(space=preset_space("mnist_mlp"), name="avb")
     assert set(vae.suggest("t0")) == {"lr", "beta1", NUMBER_KEY}
     assert {"adv_hidden", "adv_depth", "adv_inner", "adv_lr", "adv_steps", "lr", "beta1"} <= set(avb.suggest("t0"))
+
+
+def test_baselines_are_labelled_and_the_study_points_to_its_mlflow_records():
+    baseline = {"objective": "vae", "lr": 5e-4}
+    s = StudySearch(preset_space(), metric="log_likelihood", mode="max", points_to_evaluate=[baseline],
+                    sampler=optuna.samplers.RandomSampler(seed=0), study_name="linked",
+                    storage=optuna.storages.InMemoryStorage(), full_iterations=2,
+                    links={"mlflow_experiment_id": "7", "mlflow_parent_run_id": "abc"})
+    assert s.suggest("first")["lr"] == 5e-4 and s.suggest("second") is not None
+    study = s._ot_study
+    assert study.user_attrs == {"mlflow_experiment_id": "7", "mlflow_parent_run_id": "abc"}
+    labels = {t.user_attrs["tune_trial_id"]: t.user_attrs.get("baseline", False) for t in study.trials}
+    assert labels == {"first": True, "second": False}
