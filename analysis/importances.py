@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import optuna
 import pandas as pd
 
@@ -52,6 +53,10 @@ def importances(source: optuna.Study | str, study: str | None = None) -> tuple[d
     if n < 2:
         return {}, [f"only {n} COMPLETE full-fidelity AVB trial(s); importances need at least 2"]
     result, notes = {}, [f"computed on {n} COMPLETE full-fidelity AVB trials"]
+    if n < MIN_TRIALS_TO_RANK:
+        notes.insert(0, f"only {n} full-fidelity trials: too few to rank parameters (at least {MIN_TRIALS_TO_RANK} "
+                        "are needed); the table is alphabetical, and the bootstrap spread shows how far each value "
+                        "moves with other trials of the same study")
     for name, make in EVALUATORS.items():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -64,8 +69,39 @@ def importances(source: optuna.Study | str, study: str | None = None) -> tuple[d
     return result, notes
 
 
-def importance_table(imps: dict[str, dict[str, float]]) -> pd.DataFrame:
-    return pd.DataFrame(imps).sort_values(next(iter(imps)), ascending=False).rename_axis("parameter").reset_index()
+MIN_TRIALS_TO_RANK = 20  # below this many full-fidelity trials importances are noise: shown with spread, unranked
+SPREAD_DRAWS = 20  # bootstrap resamples of the trials for the spread
+
+
+def importance_spread(source: optuna.Study | str, study: str | None = None,
+                      draws: int = SPREAD_DRAWS) -> dict[str, float]:
+    """{param: standard deviation of its PED-ANOVA importance over bootstrap resamples of the full-fidelity
+    trials}: how much the ranking would move with other trials of the same study ({} under 2 trials)."""
+    ff = full_fidelity_study(source, study)
+    trials, rng, samples = ff.trials, np.random.default_rng(0), []
+    if len(trials) < 2:
+        return {}
+    for _ in range(draws):
+        copy = optuna.create_study(direction=ff.direction)
+        copy.add_trials([trials[i] for i in rng.integers(0, len(trials), len(trials))])
+        try:
+            samples.append(optuna.importance.get_param_importances(copy, evaluator=EVALUATORS["PED-ANOVA"]()))
+        except Exception:  # noqa: BLE001  (a resample whose values are all equal has no importances)
+            continue
+    params = {k for sample in samples for k in sample}
+    return {k: float(np.std([sample.get(k, 0.0) for sample in samples])) for k in params} if samples else {}
+
+
+def importance_table(imps: dict[str, dict[str, float]], spread: dict[str, float] | None = None,
+                     trials: int | None = None) -> pd.DataFrame:
+    """One row per parameter; with `spread`, a column of its bootstrap standard deviation. Ranked by the first
+    evaluator unless `trials` is under MIN_TRIALS_TO_RANK (then alphabetical: the order would be noise)."""
+    table = pd.DataFrame(imps).rename_axis("parameter").reset_index()
+    if spread:
+        table["PED-ANOVA spread (bootstrap sd)"] = table["parameter"].map(spread)
+    if trials is not None and trials < MIN_TRIALS_TO_RANK:
+        return table.sort_values("parameter").reset_index(drop=True)
+    return table.sort_values(next(iter(imps)), ascending=False).reset_index(drop=True)
 
 
 def log_scale_params(source: optuna.Study) -> set[str]:
@@ -74,5 +110,5 @@ def log_scale_params(source: optuna.Study) -> set[str]:
     return {k for t in trials for k, d in t.distributions.items() if getattr(d, "log", False)}
 
 
-__all__ = ["AnalysisError", "full_fidelity_study", "importance_table", "importances", "load_study",
-           "log_scale_params"]
+__all__ = ["MIN_TRIALS_TO_RANK", "AnalysisError", "full_fidelity_study", "importance_spread", "importance_table",
+           "importances", "load_study", "log_scale_params"]

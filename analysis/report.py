@@ -41,7 +41,14 @@ from analysis.figures import (
     model_figures,
     params_figure,
 )
-from analysis.importances import full_fidelity_study, importance_table, importances, load_study, log_scale_params
+from analysis.importances import (
+    full_fidelity_study,
+    importance_spread,
+    importance_table,
+    importances,
+    load_study,
+    log_scale_params,
+)
 from analysis.stores import OneLineParser, add_store_flags, check_out_dir, find_stores, masked, run_cli
 from analysis.tables import (
     LABELS,
@@ -181,13 +188,15 @@ def build_report(runs: StudyRuns, ostudy: optuna.Study, out: Path) -> str:
     parts.append(test_section(trials, runs, paper))
 
     imps, notes = importances(ostudy)
+    counted = len(full_fidelity_study(ostudy).trials)
     imp_fig = importance_figure(imps, out / "importances.png") if imps else None
     parts.append(section(
         "Hyperparameter importances",
         "Optuna's evaluators on the COMPLETE trials with user attribute `full_fidelity` only (an early-stopped "
-        "trial's value is a low-fidelity one). Fields fixed with `--set` are not searched, so not ranked.",
-        markdown_table(importance_table(imps)) if imps else "", figure_md(imp_fig, "importances"),
-        notes_md(notes)))
+        "trial's value is a low-fidelity one). Fields fixed with `--set` are not searched, so not ranked. The "
+        "spread: the standard deviation of each PED-ANOVA importance over bootstrap resamples of those trials.",
+        notes_md(notes), markdown_table(importance_table(imps, importance_spread(ostudy), counted)) if imps else "",
+        figure_md(imp_fig, "importances")))
 
     parts.append(rung_section(trials, history, info))
     curves = learning_curves_figure(trials, history, out / "learning_curves.png",

@@ -274,6 +274,27 @@ def test_importances_use_only_complete_full_fidelity_trials(tmp_path):
     assert copy.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
+def test_importances_from_few_trials_come_with_their_spread_and_are_not_ranked():
+    """With fewer full-fidelity trials than MIN_TRIALS_TO_RANK the table is alphabetical, says so, and shows how
+    far each importance moves over bootstrap resamples; a parameter that decides the value has a larger one."""
+    study = optuna.create_study(direction="maximize")
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        trial = study.ask({"zeta": optuna.distributions.FloatDistribution(0, 1),
+                           "alpha": optuna.distributions.FloatDistribution(0, 1)})
+        trial.set_user_attr("full_fidelity", True)
+        study.tell(trial, -10 * trial.params["zeta"] + 0.01 * rng.normal())
+    imps, notes = importances.importances(study)
+    assert "too few to rank parameters (at least 20" in notes[0]
+    spread = importances.importance_spread(study)
+    assert set(spread) == {"zeta", "alpha"} and all(v >= 0 for v in spread.values())
+    table = importances.importance_table(imps, spread, trials=8)
+    assert list(table["parameter"]) == ["alpha", "zeta"] and "PED-ANOVA spread (bootstrap sd)" in table
+    assert imps["PED-ANOVA"]["zeta"] > imps["PED-ANOVA"]["alpha"]
+    ranked = importances.importance_table(imps, trials=importances.MIN_TRIALS_TO_RANK)
+    assert list(ranked["parameter"]) == ["zeta", "alpha"]
+
+
 @pytest.mark.slow
 def test_figures_tell_early_stopped_trials_apart(study, tmp_path):
     trials = export.load_trials(study["uri"], STUDY)
