@@ -16,6 +16,7 @@ Ctrl-C / SIGTERM (every record stays resumable: run the printed --resume command
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
@@ -103,6 +104,9 @@ class Interrupt:
 def main(argv: list[str] | None = None) -> int:
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # "Creating initial tables" on stderr
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow's own "View run / View experiment" links open its GenAI view: the summary prints the right one.
+    # The trials set it too (AVBTrainable.setup), on every node.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         settings = prepare(argv)
         fitted, recorder = start(settings)

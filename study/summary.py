@@ -3,6 +3,7 @@ of image presets, errors, and where to look at everything."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -40,6 +41,21 @@ def print_best(best, paper: dict, settings: StudySettings) -> None:
             print(f"{key:<24}{best.metrics[key]:>12.4f}{row}")
 
 
+def lead(finished: list) -> str:
+    """Whether the best finished trial is distinguishable from the runner-up on validation ('' for one trial)."""
+    if len(finished) < 2:
+        return ""
+    best, runner = sorted(finished, key=lambda r: r.metrics["log_likelihood"], reverse=True)[:2]
+    gap = best.metrics["log_likelihood"] - runner.metrics["log_likelihood"]
+    se = math.hypot(best.metrics.get("log_likelihood_se", math.nan), runner.metrics.get("log_likelihood_se", math.nan))
+    verdict = ("" if not math.isfinite(se) else ": distinguishable (more than 2 SE)" if gap > 2 * se else
+               ": not distinguishable (under 2 SE), treat them as tied")
+    shown = f", standard error {se:.4f} (over validation images, unpaired)" \
+        if math.isfinite(se) else ""
+    return (f"lead over the runner-up, trial {runner.config.get(tracking.TRIAL_NUMBER)} "
+            f"({runner.metrics['log_likelihood']:.4f}): {gap:.4f} nats{shown}{verdict}")
+
+
 def print_final_evaluation(settings: StudySettings, finished: list, recorder) -> None:
     from study.final_eval import final_evaluation
 
@@ -72,11 +88,19 @@ def summarize(settings: StudySettings, results, recorder) -> int:
     print(f"\n=== study {settings.study_name}: " + ", ".join(f"{counts[f]} {f.value}" for f in Fate if counts[f])
           + " ===")
     finished = [r for r in results if fates[id(r)] is Fate.FINISHED]
+    for fate in Fate:  # the parent run's row answers "how did the trials end" without expanding it
+        client.log_metric(parent, f"trials_{fate.value}", counts[fate])
     if finished:
         best = max(finished, key=lambda r: r.metrics["log_likelihood"])
         print_best(best, load_preset(settings.preset).PAPER, settings)
+        if lead(finished):
+            print(lead(finished))
         client.log_metric(parent, "best_log_likelihood", best.metrics["log_likelihood"])
-        client.set_tag(parent, "best_trial_number", str(best.config.get(tracking.TRIAL_NUMBER)))
+        number = best.config.get(tracking.TRIAL_NUMBER)
+        client.set_tag(parent, "best_trial_number", str(number))
+        run = tracking.find_trial_run(client, recorder.settings.experiment_id, parent, number)
+        if run is not None:  # the collapsed parent row names the best trial's run
+            client.set_tag(parent, "best_trial", run.info.run_name)
         if getattr(load_preset(settings.preset), "FINAL_AIS", None) and settings.final_ais > 0:
             print_final_evaluation(settings, finished, recorder)
     else:

@@ -35,6 +35,11 @@ def test_clean_study_leaves_exact_records(tmp_path):
     uri = sqlite(results / "mlflow.db")
     parent, runs = trial_runs(uri, "e2e")
     assert parent.info.status == "FINISHED" and "best_log_likelihood" in parent.data.metrics
+    assert parent.data.metrics["trials_finished"] == 4 and parent.data.metrics["trials_crashed"] == 0
+    best = next(r for r in runs if r.data.tags["trial_number"] == parent.data.tags["best_trial_number"])
+    assert parent.data.tags["best_trial"] == best.info.run_name
+    assert re.search(r"^lead over the runner-up, trial \d \(-\d+\.\d+\): \d+\.\d+ nats, standard error \d+\.\d+ "
+                     r".*: (distinguishable|not distinguishable)", out.stdout, re.M), out.stdout[-2000:]
     assert run_summary(uri, "e2e") == Counter({("FINISHED", "finished"): 4})
     client = mlflow.MlflowClient(uri)
     for run in runs:

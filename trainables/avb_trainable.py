@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -105,6 +106,8 @@ def pick_device(wanted: str = "auto") -> torch.device:
 class AVBTrainable(tune.Trainable):
     def setup(self, config: dict, settings: TrialSettings) -> None:
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
+        logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)  # "setup took N s: reuse_actors"
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow's GenAI-view links
         self.settings = settings
         self.client = mlflow.MlflowClient(settings.tracking_uri)
         searched, self.cfg, fixed = searched_and_config(config, settings)

@@ -157,9 +157,11 @@ def source_tags(version: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------- the study's records
 def ui_link(tracking_uri: str, experiment_id: str, local_port: int = 5000) -> str:
     """The MLflow UI page of the study's runs, opened in the model-training view (MLflow 3 otherwise
-    opens experiments in its GenAI view, which shows no runs)."""
+    opens experiments in its GenAI view, which shows no runs), best validation log_likelihood first. The
+    URL carries the sort only: MLflow keeps the chosen columns in the browser, not in the URL."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else f"http://127.0.0.1:{local_port}"
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            "&orderByKey=metrics.%60log_likelihood%60&orderByAsc=false")
 
 
 def find_study_run(client: MlflowClient, experiment_id: str) -> Run | None:
