@@ -64,12 +64,15 @@ def start(settings: StudySettings):
 
     on_cluster = tuner.connect(settings)
     tuner.check_resources(settings, on_cluster)
+    trial_uri = tuner.trial_tracking_uri(settings.tracking_uri, on_cluster)
+    if on_cluster:
+        tuner.check_trial_reach(trial_uri)
     if settings.gpus_per_trial > 0 and not on_cluster:
         records.check_local_cuda()
     if settings.resume:
         tuner.check_restorable(settings)
     settings.check_writable()
-    trainable, recorder = records.start(settings, tuner.trial_tracking_uri(settings.tracking_uri, on_cluster))
+    trainable, recorder = records.start(settings, trial_uri)
     build = tuner.restore_tuner if settings.resume else tuner.build_tuner
     try:
         fitted = build(settings, trainable, recorder)

@@ -93,6 +93,47 @@ def trial_tracking_uri(uri: str, on_cluster: bool) -> str:
     return uri
 
 
+def check_trial_reach(uri: str) -> None:
+    """On a cluster, before any trial: from every node, the tracking server answers the trials' URI and passes
+    its host check (MLflow 3 answers 403 "Invalid Host header" to Host headers outside localhost and the private
+    ranges, e.g. CGNAT or public node addresses, unless started with --allowed-hosts)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not uri.startswith("http"):
+        return
+    probe = ray.remote(num_cpus=0)(probe_tracking)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    problems = [p for p in ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False))
+                                    .remote(uri) for n in nodes], timeout=180) if p]
+    if problems:
+        raise StudyError(problems[0])
+
+
+def probe_tracking(uri: str) -> str:
+    """What keeps this node's trials from the tracking server at `uri` ('' when nothing: a 401 is a login
+    question, which each trial checks itself)."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from ray.util import get_node_ip_address
+
+    host, node = urllib.parse.urlsplit(uri).netloc.rsplit("@", 1)[-1], get_node_ip_address()
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=30):
+            return ""
+    except urllib.error.HTTPError as err:
+        if err.code == 403 and "Invalid Host header" in err.read(500).decode(errors="replace"):
+            return (f"the MLflow server refuses the trials' address {host} (403 Invalid Host header, from node "
+                    f"{node}): start it with --allowed-hosts {host} (MLflow 3 accepts only localhost and private "
+                    "addresses by default), or give --tracking-uri an address it accepts")
+        return ""
+    except OSError as err:
+        return (f"trials on node {node} cannot reach the MLflow server at {masked(uri)} ({err}); open the port "
+                "to the cluster's nodes, or give --tracking-uri an address they can reach")
+
+
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # what `ray up` leaves on the head: the cluster's node types
 
 

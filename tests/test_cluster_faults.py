@@ -65,3 +65,46 @@ def test_node_loss_every_trial_finishes_from_its_last_checkpoint(tmp_path):
             restored.append(last)
     assert restored, "no trial was restored from a checkpoint"
     assert all(r["training_step"] == 120 for r in restored)
+
+
+def test_a_host_check_that_refuses_the_trials_address_stops_the_study_before_any_trial(tmp_path):
+    """The driver reaches MLflow on loopback, trials on other nodes by the head's address; a server whose
+    --allowed-hosts leaves that address out (MLflow 3's default outside private ranges) answers them 403:
+    one line naming --allowed-hosts, before any trial or record."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    import mlflow
+    from ray.cluster_utils import Cluster
+
+    from tests.conftest import free_port
+    from tests.study_utils import run_study
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "0.0.0.0", "--port", str(port),
+                               "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(1)
+        out = run_study(["--address", cluster.address, "--tracking-uri", uri, "--results-dir",
+                         str(tmp_path / "results"), "--study-name", "refused", *FAST], cwd=tmp_path)
+        names = [e.name for e in mlflow.MlflowClient(uri).search_experiments()]
+    finally:
+        cluster.shutdown()
+        server.terminate()
+        server.wait(timeout=30)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and lines and lines[-1].startswith("error: "), out.stdout[-2000:] + out.stderr[-2000:]
+    assert "403 Invalid Host header" in lines[-1] and "--allowed-hosts " in lines[-1], lines[-1]
+    assert "refused" not in names and not (tmp_path / "results" / "ray" / "refused").exists()
