@@ -42,8 +42,22 @@ def full_fidelity_study(source: optuna.Study | str, study: str | None = None) ->
         copy = optuna.create_study(direction=source.direction, study_name=f"{source.study_name} (full fidelity)")
     finally:
         optuna.logging.set_verbosity(verbosity)
-    copy.add_trials(kept)
+    copy.add_trials([widened(t) for t in kept])
     return copy
+
+
+def widened(trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+    """The trial with each numeric distribution widened to hold its value: an enqueued baseline may lie outside
+    the searched range (the authors' lr 5e-5 under a prior from 1e-4), which Optuna refuses to copy."""
+    dists = dict(trial.distributions)
+    for name, dist in dists.items():
+        value = trial.params[name]
+        if isinstance(dist, optuna.distributions.FloatDistribution | optuna.distributions.IntDistribution) and \
+                not dist.low <= value <= dist.high:
+            dists[name] = type(dist)(min(dist.low, value), max(dist.high, value), log=dist.log, step=dist.step)
+    return optuna.trial.create_trial(params=trial.params, distributions=dists, value=trial.value,
+                                     user_attrs=trial.user_attrs, intermediate_values=trial.intermediate_values,
+                                     state=trial.state)
 
 
 def importances(source: optuna.Study | str, study: str | None = None) -> tuple[dict[str, dict[str, float]], list[str]]:

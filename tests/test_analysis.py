@@ -467,3 +467,15 @@ def test_rung_table_ranks_the_rung_against_the_end():
     assert list(table["trial_number"]) == [1, 2, 0, 3]  # best at the rung first
     assert rho == pytest.approx(-1.0)  # the rung ranked the three finished trials backwards
     assert math.isnan(tables.rung_table(trials.head(2), history, 4000)[1])  # fewer than 3 finished
+
+
+def test_importances_take_a_baseline_outside_the_searched_range():
+    """An enqueued baseline (the authors' lr 5e-5) may lie under the prior's low end (1e-4): still counted."""
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"lr": 5e-5})
+    for value in (-2.0, -1.0):
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True)})
+        trial.set_user_attr("full_fidelity", True)
+        study.tell(trial, value)
+    copy = importances.full_fidelity_study(study)
+    assert sorted(t.params["lr"] for t in copy.trials)[0] == 5e-5 and len(copy.trials) == 2

@@ -127,13 +127,15 @@ def test_resume_writes_to_the_stores_it_is_given(tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(results, copy)
     before = {p.name: p.read_bytes() for p in results.glob("*.db")}
+    ray_before = sorted(p.relative_to(results) for p in (results / "ray").rglob("*"))
     t0 = time.monotonic()
-    out = run_study(["--resume", "--study-name", "copied", "--results-dir", str(copy),
-                     "--tracking-uri", sqlite(copy / "mlflow.db"), "--optuna-storage", sqlite(copy / "optuna.db")],
-                    cwd=tmp_path)
+    out = run_study(["--resume", "--study-name", "copied", "--results-dir", str(copy), "--storage-path",
+                     str(copy / "ray"), "--tracking-uri", sqlite(copy / "mlflow.db"), "--optuna-storage",
+                     sqlite(copy / "optuna.db")], cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "replaces the study's" in out.stdout  # said in one line
     assert f"go to {results / 'mlartifacts' / 'copied'}" in out.stdout  # MLflow keeps the artifact location
     assert {p.name: p.read_bytes() for p in results.glob("*.db")} == before
+    assert sorted(p.relative_to(results) for p in (results / "ray").rglob("*")) == ray_before  # no trial folder
     assert_exactly_finished(sqlite(copy / "mlflow.db"), sqlite(copy / "optuna.db"), "copied",
                             "SIGINT, then --resume of a copy (resume run)", time.monotonic() - t0)
