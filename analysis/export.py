@@ -257,17 +257,20 @@ def study_info(uri: str, study: str) -> dict:
     return open_study(uri, study).info
 
 
-def best_config(uri: str, study: str) -> tuple[Config, int]:
+def best_config(uri: str, study: str, number: int | None = None) -> tuple[Config, int]:
     """(the Config of the study's best trial as its run logged it, its trial number): the trial chosen on
-    validation at the end of the study (the parent run's `best_trial_number`), for retraining it elsewhere."""
+    validation at the end of the study (the parent run's `best_trial_number`), or trial `number`, for
+    retraining it elsewhere."""
     from search_spaces import load_preset
 
     runs = open_study(uri, study)
-    info, number = runs.info, runs.info["best_trial_number"]
+    info = runs.info
+    number = info["best_trial_number"] if number is None else number
     run = next((r for r in runs.trials if trial_number(r) == number), None)
     if run is None:
-        raise AnalysisError(f"study {study!r} has no best trial on record (it has not finished); finish it first: "
-                            f"python study/run.py --resume --study-name {study}")
+        raise AnalysisError(f"study {study!r} has no trial {number} on record" if info["best_trial_number"] is not None
+                            or number is not None else f"study {study!r} has no best trial on record (it has not "
+                            f"finished); finish it first: python study/run.py --resume --study-name {study}")
     fixed = {k.removeprefix("set."): param_value(k.removeprefix("set."), str(v)) for k, v in info.items()
              if k.startswith("set.")}
     logged = {k: param_value(k, v) for k, v in run.data.params.items() if k in CONFIG_TYPES}

@@ -111,10 +111,13 @@ def studies(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[
     configs, trials = {}, {}
     for item in args.from_study:
         method, sep, study = item.partition("=")
-        if not sep or method not in METHODS:
-            parser.error(f"--from-study {item!r}: expected METHOD=STUDY with METHOD one of {', '.join(METHODS)}")
+        study, _, wanted = study.partition("#")
+        if not sep or method not in METHODS or (wanted and not wanted.isdigit()):
+            parser.error(f"--from-study {item!r}: expected METHOD=STUDY or METHOD=STUDY#TRIAL with METHOD one of "
+                         f"{', '.join(METHODS)}")
         try:
-            cfg, number = best_config(find_stores(args.results_dir, args.tracking_uri).tracking_uri, study)
+            cfg, number = best_config(find_stores(args.results_dir, args.tracking_uri).tracking_uri, study,
+                                      int(wanted) if wanted else None)
         except (AnalysisError, *store_errors()) as err:
             parser.error(f"--from-study {item}: {err}")
         if tracking_method(cfg) != method:
@@ -217,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"methods to compare (default: {' '.join(METHODS)})")
     parser.add_argument("--from-study", action="append", default=[], metavar="METHOD=STUDY",
                         help="train METHOD as the best trial of STUDY (chosen on validation at its end), no "
-                             "learning-rate grid, e.g. --from-study AVB+AC=avb-ac (default: none)")
+                             "learning-rate grid, e.g. --from-study AVB+AC=avb-ac; STUDY#N: its trial N "
+                             "(default: none)")
     parser.add_argument("--results-dir", default="results",
                         help="where --from-study's MLflow store is: RESULTS/mlflow.db (default: ./results)")
     parser.add_argument("--tracking-uri", help="--from-study's MLflow store (default: $MLFLOW_TRACKING_URI, "

@@ -193,6 +193,11 @@ def test_best_config_is_the_best_trial_as_it_ran(study):
     logged = {k: export.param_value(k, v) for k, v in run.data.params.items() if k in export.CONFIG_TYPES}
     assert logged and all(getattr(cfg, k) == v for k, v in logged.items())
     assert cfg.hidden == 16 and tracking.method_of(cfg.to_dict()) == run.data.tags[tracking.METHOD]
+    other = next(r for r in runs.trials if export.trial_number(r) != number)  # STUDY#N: a given trial
+    cfg_other, n_other = export.best_config(study["uri"], STUDY, export.trial_number(other))
+    assert n_other == export.trial_number(other) and cfg_other.lr == export.param_value("lr", other.data.params["lr"])
+    with pytest.raises(export.AnalysisError, match="has no trial 99"):
+        export.best_config(study["uri"], STUDY, 99)
 
 
 def test_export_reads_mlflow_tracking_uri(study, tmp_path, monkeypatch, capsys):
