@@ -6,7 +6,7 @@ Starts `mlflow ui` on the study's SQLite store (a free port on 127.0.0.1), opens
 (`trainables.tracking.ui_link`) in a fresh browser profile and checks that it shows the study's runs in the
 model-training view, then saves into this folder:
 
-- runs-table.png: the runs table, trial runs expanded under the study's parent run, with metric columns;
+- runs-table.png: the runs table as the printed link opens it (best log_likelihood first), with metric columns;
 - run-artifacts.png: the best trial's run page, artifacts tab, with latent.png (or samples.png) open;
 - compare.png: MLflow's compare view of the three best trials: run names, metrics and their pictures.
 
@@ -161,8 +161,10 @@ def widen_run_names(page, width: int = 440) -> None:
 
 def runs_table(page, parent_id: str, trial_id: str, path: Path) -> None:
     close_assistant(page)
-    expand = page.locator(f".ag-row[row-id='{parent_id}'] button[data-component-id*='runnamecellrenderer']")
-    expand.first.click()  # show the trial runs nested under the study's run
+    page.locator(f".ag-row[row-id='{parent_id}']").first.wait_for(timeout=TIMEOUT_MS)
+    if not page.locator(f".ag-row[row-id='{trial_id}']").count():  # sorted by a metric, MLflow lists runs flat
+        expand = page.locator(f".ag-row[row-id='{parent_id}'] button[data-component-id*='runnamecellrenderer']")
+        expand.first.click()  # show the trial runs nested under the study's run
     page.locator(f".ag-row[row-id='{trial_id}']").first.wait_for(timeout=TIMEOUT_MS)
     choose_columns(page, METRIC_COLUMNS + TAG_COLUMNS, HIDDEN_COLUMNS)
     page.locator(".ag-header-cell").filter(has_text="log_likelihood").first.wait_for(timeout=TIMEOUT_MS)
