@@ -1,8 +1,9 @@
 """MNIST digits with fully connected networks: the adversary of AVB+AC studied on real images, on CPUs.
 
-    python study/run.py --preset mnist_mlp --study-name avb-ac                  # AVB+AC: ~100 min on 2 cores
-    python study/run.py --preset mnist_mlp --study-name vae \\
-        --set objective=vae --set encoder=gaussian --set adaptive_contrast=false   # the VAE, same budget
+    python study/run.py --preset mnist_mlp --study-name avb-ac --num-trials 6       # AVB+AC: 103 min on 2 cores
+    python study/run.py --preset mnist_mlp --study-name vae --num-trials 6 --concurrency 1 \\
+        --set objective=vae --set encoder=gaussian --set adaptive_contrast=false   # the VAE, same budget: 78 min
+    # (both at once on the same 2 cores, docs/reproduction/images-study.md; alone, about half that)
     python study/run.py --preset mnist_mlp --set encoder=blackbox --set adaptive_contrast=false   # plain AVB
     python study/run.py --preset mnist_mlp --set dataset=mnist --gpus-per-trial 0.25 --num-trials 64  # full MNIST
 
