@@ -252,8 +252,12 @@ def restore_tuner(settings: StudySettings, trainable, recorder: Recorder):
 
     tuner = tune.Tuner.restore(experiment_path(settings), trainable=trainable, resume_unfinished=True,
                                resume_errored=False)
+    from study.resumed_search import ResumedSearch
+
     internal = tuner._local_tuner  # private, pinned Ray 2.60: Tuner.restore takes no new searcher or callbacks
-    internal._tune_config.search_alg.searcher.rebind(optuna.storages.RDBStorage(settings.optuna_storage))
+    limiter = internal._tune_config.search_alg
+    limiter.searcher.rebind(optuna.storages.RDBStorage(settings.optuna_storage))
+    internal._tune_config.search_alg = ResumedSearch(limiter, settings.storage_path, settings.study_name)
     internal._run_config.callbacks = [recorder]
     internal._run_config.verbose = 1 if settings.verbose else 0
     return tuner

@@ -281,8 +281,9 @@ def test_importances_use_only_complete_full_fidelity_trials(tmp_path):
 
 def test_importances_from_few_trials_come_with_their_spread_and_are_not_ranked():
     """With fewer full-fidelity trials than MIN_TRIALS_TO_RANK the table is alphabetical, says so, and shows how
-    far each importance moves over bootstrap resamples; a parameter that decides the value has a larger one."""
-    study = optuna.create_study(direction="maximize")
+    far each importance moves over bootstrap resamples. fANOVA still finds the parameter that decides the value;
+    PED-ANOVA's at 8 trials is a coin flip (0.34-0.68 for zeta over 20 sampler seeds), which is why it is not ranked."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     rng = np.random.default_rng(0)
     for _ in range(8):
         trial = study.ask({"zeta": optuna.distributions.FloatDistribution(0, 1),
@@ -295,9 +296,10 @@ def test_importances_from_few_trials_come_with_their_spread_and_are_not_ranked()
     assert set(spread) == {"zeta", "alpha"} and all(v >= 0 for v in spread.values())
     table = importances.importance_table(imps, spread, trials=8)
     assert list(table["parameter"]) == ["alpha", "zeta"] and "PED-ANOVA spread (bootstrap sd)" in table
-    assert imps["PED-ANOVA"]["zeta"] > imps["PED-ANOVA"]["alpha"]
+    assert imps["fANOVA"]["zeta"] > imps["fANOVA"]["alpha"]
     ranked = importances.importance_table(imps, trials=importances.MIN_TRIALS_TO_RANK)
-    assert list(ranked["parameter"]) == ["zeta", "alpha"]
+    ped = imps["PED-ANOVA"]
+    assert list(ranked["parameter"]) == sorted(ped, key=ped.get, reverse=True) and ped["zeta"] != ped["alpha"]
 
 
 @pytest.mark.slow

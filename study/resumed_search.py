@@ -1,0 +1,29 @@
+"""A restored study makes its new trials where this run keeps its results, not where the study began."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from ray.train._internal.storage import get_fs_and_path
+from ray.tune.search import SearchGenerator
+
+
+class ResumedSearch(SearchGenerator):
+    """Tune's SearchGenerator with one change on restore. Ray 2.60 (pinned) restores the pickled Experiment,
+    whose StorageContext is the first run's, and builds every new trial from it: a study resumed from a copy,
+    or under another --storage-path, made its new trials' folders and checkpoints in the original's
+    (tests/test_resume.py). Its storage is pointed here the way Tune re-points the restored trials
+    (TuneController._restore_trials)."""
+
+    def __init__(self, searcher, storage_path: str, name: str):
+        super().__init__(searcher)
+        self._storage_path, self._name = storage_path, name
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        storage = copy.copy(self._experiment.spec["storage"])
+        filesystem, path = get_fs_and_path(self._storage_path)
+        storage.storage_filesystem, storage.storage_fs_path = filesystem, Path(path).as_posix()
+        storage.experiment_dir_name = self._name
+        self._experiment.storage = self._experiment.spec["storage"] = storage
