@@ -105,7 +105,7 @@ def lrs_for(args: argparse.Namespace, method: str) -> list[float]:
 
 def studies(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict, dict]:
     """--from-study METHOD=STUDY: ({method: the best trial's Config}, {method: (study, trial number)})."""
-    from analysis.export import best_config
+    from analysis.export import best_config, exported_config
     from analysis.stores import AnalysisError, find_stores, store_errors
 
     configs, trials = {}, {}
@@ -116,8 +116,9 @@ def studies(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[
             parser.error(f"--from-study {item!r}: expected METHOD=STUDY or METHOD=STUDY#TRIAL with METHOD one of "
                          f"{', '.join(METHODS)}")
         try:
-            cfg, number = best_config(find_stores(args.results_dir, args.tracking_uri).tracking_uri, study,
-                                      int(wanted) if wanted else None)
+            number = int(wanted) if wanted else None
+            cfg, number = (exported_config(study, number) if study.endswith(".parquet") else
+                           best_config(find_stores(args.results_dir, args.tracking_uri).tracking_uri, study, number))
         except (AnalysisError, *store_errors()) as err:
             parser.error(f"--from-study {item}: {err}")
         if tracking_method(cfg) != method:
@@ -220,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"methods to compare (default: {' '.join(METHODS)})")
     parser.add_argument("--from-study", action="append", default=[], metavar="METHOD=STUDY",
                         help="train METHOD as the best trial of STUDY (chosen on validation at its end), no "
-                             "learning-rate grid, e.g. --from-study AVB+AC=avb-ac; STUDY#N: its trial N "
-                             "(default: none)")
+                             "learning-rate grid, e.g. --from-study AVB+AC=avb-ac; STUDY#N: its trial N; STUDY may be "
+                             "the trials.parquet of python -m analysis.export (no store needed) (default: none)")
     parser.add_argument("--results-dir", default="results",
                         help="where --from-study's MLflow store is: RESULTS/mlflow.db (default: ./results)")
     parser.add_argument("--tracking-uri", help="--from-study's MLflow store (default: $MLFLOW_TRACKING_URI, "

@@ -200,6 +200,26 @@ def test_best_config_is_the_best_trial_as_it_ran(study):
         export.best_config(study["uri"], STUDY, 99)
 
 
+@pytest.mark.slow
+def test_exported_config_retrains_without_the_stores(study, tmp_path):
+    """--from-study METHOD=trials.parquet[#N]: the same Config as best_config, from the committed export alone."""
+    path = export.export(study["uri"], STUDY, tmp_path)["trials"]
+    rows = pq.read_table(path).to_pandas().set_index("trial_number")
+
+    def same(a: tuple, b: tuple) -> bool:  # every field the trial logged (what its method uses), and the method
+        used = [k for k in export.CONFIG_TYPES if k in rows.columns and not rows[k].isna()[a[1]]]
+        return (a[1] == b[1] and len(used) >= 10 and all(getattr(a[0], k) == getattr(b[0], k) for k in used)
+                and tracking.method_of(a[0].to_dict()) == tracking.method_of(b[0].to_dict()))
+
+    assert same(export.exported_config(path), export.best_config(study["uri"], STUDY))
+    other = next(n for n in rows.index if n != export.best_config(study["uri"], STUDY)[1])
+    assert same(export.exported_config(path, other), export.best_config(study["uri"], STUDY, other))
+    with pytest.raises(export.AnalysisError, match="has no trial 99"):
+        export.exported_config(path, 99)
+    with pytest.raises(export.AnalysisError, match="no file .*missing.parquet; pass the trials.parquet"):
+        export.exported_config(tmp_path / "missing.parquet")
+
+
 def test_export_reads_mlflow_tracking_uri(study, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no ./results here: the store comes from the environment, as on a cluster head
     monkeypatch.setenv("MLFLOW_TRACKING_URI", study["uri"])
