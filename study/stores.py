@@ -28,6 +28,7 @@ def check_mlflow(uri: str):
             raise StudyError(f"MLflow tracking server {masked(uri)} is unreachable ({err}); start it "
                              f"(mlflow server --host 127.0.0.1 --port 5000) or fix --tracking-uri") from None
     sqlite_folder(uri, "MLflow store", "--tracking-uri")
+    database_answers(uri, "MLflow store", "--tracking-uri")
     try:
         client = mlflow.MlflowClient(uri)
         client.search_experiments(max_results=1)
@@ -41,6 +42,23 @@ def check_mlflow(uri: str):
         raise StudyError(f"the MLflow store {masked(uri)} cannot be read ({type(err).__name__}: "
                          f"{first_line(err)}); fix or move it, or pass another --tracking-uri") from None
     return client
+
+
+def database_answers(url: str, what: str, option: str) -> None:
+    """A database server's store (PostgreSQL, MySQL) accepts a connection within 10 s: a wrong password, closed
+    port, unknown host or missing database is one line, not MLflow's 100 s of retries and warnings."""
+    if not url.startswith(("postgresql", "mysql")):
+        return
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as err:  # noqa: BLE001  (drivers raise their own kinds; the user needs one line)
+        raise StudyError(f"the {what} {masked(url)} cannot be opened ({type(err).__name__}: "
+                         f"{masked(first_line(err))}); fix or move it, or pass another {option}") from None
 
 
 def check_optuna(url: str):
@@ -81,15 +99,15 @@ def check_existence(settings: StudySettings, client, storage, saved: dict | None
     in_mlflow = client.get_experiment_by_name(name) is not None
     in_optuna = optuna_has(storage, name)
     if not settings.resume:
-        where = [w for w, hit in (("Ray storage " + settings.storage_path, saved is not None),
-                                  ("MLflow store " + settings.tracking_uri, in_mlflow),
-                                  ("Optuna storage " + settings.optuna_storage, in_optuna)) if hit]
+        where = [w for w, hit in (("Ray storage " + masked(settings.storage_path), saved is not None),
+                                  ("MLflow store " + masked(settings.tracking_uri), in_mlflow),
+                                  ("Optuna storage " + masked(settings.optuna_storage), in_optuna)) if hit]
         if where:
             raise StudyError(f"a study named {name!r} exists already (in the {', '.join(where)}); "
                              "pick another --study-name, or continue it with --resume")
         return
-    missing = [w for w, hit in ((f"MLflow store {settings.tracking_uri}", in_mlflow),
-                                (f"Optuna storage {settings.optuna_storage}", in_optuna)) if not hit]
+    missing = [w for w, hit in ((f"MLflow store {masked(settings.tracking_uri)}", in_mlflow),
+                                (f"Optuna storage {masked(settings.optuna_storage)}", in_optuna)) if not hit]
     if missing:
         raise StudyError(f"study {name!r} is not in the {' nor the '.join(missing)}; resuming there would split "
                          "the study: pass the stores that hold it (--tracking-uri, --optuna-storage)")

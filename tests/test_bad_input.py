@@ -110,8 +110,10 @@ STUDY_CASES = {  # id: (arguments, part of the message)
     "unreachable-mlflow": (["--tracking-uri", "http://127.0.0.1:9"], "is unreachable"),
     "tracking-uri-not-a-uri": (["--tracking-uri", "results/mlflow.db"], "is not a URI"),
     "optuna-not-a-uri": (["--optuna-storage", "optuna.db"], "is not a URI"),
-    "optuna-unreachable-db": (["--optuna-storage", "postgresql+psycopg://u:p@127.0.0.1:9/x"],
+    "optuna-unreachable-db": (["--optuna-storage", "postgresql+psycopg://u:hunter2@127.0.0.1:9/x"],
                               "cannot be opened"),
+    "tracking-unreachable-db": (["--tracking-uri", "postgresql+psycopg://u:hunter2@127.0.0.1:9/x"],
+                                "the MLflow store postgresql+psycopg://u:***@127.0.0.1:9/x cannot be opened"),
     "file-as-results": ([], "is a file, not a folder"),
     "unwritable-results": (["--results-dir", "/proc/avb-results"], "cannot create the folder"),
     "corrupt-mlflow": ([], "cannot be read"),
@@ -149,7 +151,7 @@ def study_outcomes(tmp_path_factory) -> dict[str, tuple[Path, subprocess.Complet
 def test_study_bad_input(case, study_outcomes):
     where, out = study_outcomes[case]
     assert_one_line_error(out, STUDY_CASES[case][1])
-    assert out.returncode == 2
+    assert out.returncode == 2 and "hunter2" not in out.stdout + out.stderr  # a store's password is masked
     assert not (where / "results" / "ray").exists()  # no trial started, no study written
 
 

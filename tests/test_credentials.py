@@ -149,3 +149,30 @@ def test_an_unreadable_ray_token_file_is_one_line_before_ray_starts(tmp_path):
                     RAY_AUTH_TOKEN_PATH=str(tmp_path / "no-such-token"))
     one_line(out, f"RAY_AUTH_TOKEN_PATH {tmp_path / 'no-such-token'}: the Ray token cannot be read")
     assert "Traceback" not in out.stderr and "RAY_CHECK" not in out.stderr
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_store_names_in_existence_errors_are_masked(tmp_path, resume):
+    """A study name taken on PostgreSQL stores, and a resume into an Optuna database that lacks the study, name
+    the stores with their passwords masked (both printed them in clear)."""
+    import dataclasses
+
+    import mlflow
+    import optuna
+
+    from study.settings import StudySettings
+    from study.stores import check_existence
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    if not resume:  # the name is taken in both stores
+        client.create_experiment("taken")
+        optuna.create_study(study_name="taken", storage=storage)
+    pg = "postgresql+psycopg://avb:hunter2@db.example:5432/"
+    settings = dataclasses.replace(StudySettings(), study_name="taken", resume=resume, tracking_uri=pg + "mlflow",
+                                   optuna_storage=pg + "optuna", storage_path=str(tmp_path / "ray"))
+    with pytest.raises(StudyError) as err:
+        check_existence(settings, client, storage, saved=None)
+    text = str(err.value)
+    assert "hunter2" not in text and "postgresql+psycopg://avb:***@db.example:5432/optuna" in text
+    assert ("exists already" if not resume else "would split the study") in text

@@ -150,3 +150,20 @@ def test_cluster_head_creates_its_three_databases(postgres, tmp_path):
     optuna.create_study(study_name="cluster", storage=optuna_url).optimize(lambda t: t.suggest_float("x", 0, 1), 1)
     assert len(optuna.load_study(study_name="cluster", storage=optuna_url).trials) == 1
     assert mlflow.MlflowClient(f"{server}/mlflow").get_experiment_by_name("Default") is not None
+
+
+def test_a_bad_postgresql_tracking_uri_is_one_masked_line_within_seconds(postgres):
+    """A wrong password or a missing database on --tracking-uri: one line naming the store with its password
+    masked, in seconds (MLflow's own store retried for about 100 s and printed 36-45 warnings)."""
+    from study.settings import StudyError
+    from study.stores import check_mlflow
+
+    good = postgres.create_database("mlflow")
+    wrong_password = good.replace(postgres.password, "not-the-password")
+    for url in (wrong_password, postgres.url("no_such_database")):
+        t0 = time.monotonic()
+        with pytest.raises(StudyError, match=r"the MLflow store .*:\*\*\*@.* cannot be opened") as err:
+            check_mlflow(url)
+        assert time.monotonic() - t0 < 15 and postgres.password not in str(err.value)
+        assert "not-the-password" not in str(err.value)
+    assert check_mlflow(good).search_experiments() is not None  # the right URL still opens
