@@ -51,15 +51,17 @@ def database_answers(url: str, what: str, option: str) -> None:
         return
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10})
+    engine = None
     try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10})
         with engine.connect():
             pass
     except Exception as err:  # noqa: BLE001  (drivers raise their own kinds; the user needs one line)
         raise StudyError(f"the {what} {masked(url)} cannot be opened ({type(err).__name__}: "
                          f"{masked(first_line(err))}); fix or move it, or pass another {option}") from None
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
 
 
 def check_optuna(url: str):
