@@ -45,6 +45,7 @@ The protocol, the same for the three methods:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -177,23 +178,44 @@ def train(cfg: Config, data: Dataset, x_valid: torch.Tensor, args: argparse.Name
     return record
 
 
+def cached(path: Path, name: str, x: torch.Tensor, compute) -> dict:
+    """compute() once per checkpoint, protocol and images: kept beside the checkpoint (NAME.pt), so a cut
+    evaluation goes on where it stopped; a newer checkpoint or other images recompute it."""
+    keep = path.with_name(f"{name}.pt")
+    images = hashlib.sha256(x.detach().cpu().numpy().tobytes()).hexdigest()
+    if keep.exists() and keep.stat().st_mtime >= path.stat().st_mtime:
+        kept = torch.load(keep, map_location="cpu", weights_only=False)
+        if kept.get("images") == images:
+            print(f"   reusing {keep} (delete it to recompute)", flush=True)
+            return kept["value"]
+    value = compute()
+    torch.save({"images": images, "value": value}, keep.with_suffix(".tmp"))
+    keep.with_suffix(".tmp").replace(keep)  # never a half-written result
+    return value
+
+
 def test(path: Path, x_test: torch.Tensor, args: argparse.Namespace, device: torch.device) -> dict:
     """AIS per test image (and IS, reconstruction, the ELBO or the adversary's estimate) of a kept checkpoint."""
-    trainer = checkpoint.load(path, device)
-    t0 = time.perf_counter()
-    ais, ais_mc = ais_per_point(trainer, x_test, num_temps=args.ais_temps, num_chains=args.ais_chains)
-    seconds = time.perf_counter() - t0
-    metrics = evaluate(trainer, x_test, args.is_samples, estimator="is")
-    return {"ais": ais, "ais_mc": ais_mc, "ais_seconds": seconds, "metrics": metrics, "step": trainer.step_count}
+    def compute() -> dict:
+        trainer = checkpoint.load(path, device)
+        t0 = time.perf_counter()
+        ais, ais_mc = ais_per_point(trainer, x_test, num_temps=args.ais_temps, num_chains=args.ais_chains)
+        seconds = time.perf_counter() - t0
+        metrics = evaluate(trainer, x_test, args.is_samples, estimator="is")
+        return {"ais": ais.cpu(), "ais_mc": ais_mc.cpu(), "ais_seconds": seconds, "metrics": metrics,
+                "step": trainer.step_count}
+
+    return cached(path, f"test-{args.ais_temps}x{args.ais_chains}-is{args.is_samples}", x_test, compute)
 
 
 def convergence(path: Path, x: torch.Tensor, args: argparse.Namespace, device: torch.device) -> dict:
-    """AIS at T and 3T temperatures on the same images: how far from converged is the protocol at T?"""
-    trainer = checkpoint.load(path, device)
-    out = {}
-    for temps in (args.ais_temps, CHECK_FACTOR * args.ais_temps):
-        out[temps] = ais_per_point(trainer, x, num_temps=temps, num_chains=args.ais_chains)[0]
-    return out
+    """AIS at T and CHECK_FACTOR x T temperatures on the same images: how far from converged is the protocol at T?"""
+    def compute() -> dict:
+        trainer = checkpoint.load(path, device)
+        return {temps: ais_per_point(trainer, x, num_temps=temps, num_chains=args.ais_chains)[0].cpu()
+                for temps in (args.ais_temps, CHECK_FACTOR * args.ais_temps)}
+
+    return cached(path, f"check-{args.ais_temps}x{args.ais_chains}", x, compute)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,11 @@ def figure(runs: dict, diffs: torch.Tensor, path: Path) -> None:
     plt.close(fig)
 
 
+def mc(se: float) -> str:
+    """The Monte Carlo SE column: none with one AIS chain (it needs two)."""
+    return "— (1 chain)" if math.isnan(se) else f"{se:.3f}"
+
+
 def fmt(mean: float, se: float) -> str:
     return f"{mean:.2f} ± {se:.2f}"
 
@@ -67,9 +72,10 @@ def report(args, data, runs, chosen, tests, per_method, diffs, conv, seconds, cm
                 if {"VAE", "AVB+AC"} <= set(methods) else [])
     lines = ["# Real images: " + ", ".join(methods) + " on held-out MNIST digits", "",
              f"`{cmd}` — {time.strftime('%Y-%m-%d')}, {args.device_name}, {torch.get_num_threads()} threads, "
-             f"{seconds['total'] / 60:.0f} min in all (training and validation {seconds['train'] / 60:.0f} min"
+             f"{seconds['total'] / 60:.0f} min in all here (training and validation {seconds['train'] / 60:.0f} min"
              f"{reused(runs)}, "
-             f"test AIS {seconds['test'] / 60:.0f} min, convergence check {seconds['check'] / 60:.0f} min).", "",
+             f"test AIS {sum(t['ais_seconds'] for t in tests.values()) / 60:.0f} min of computation (earlier ones kept "
+             f"beside the checkpoints included), convergence check {seconds['check'] / 60:.0f} min).", "",
              f"Data: `{args.dataset}`, {data.sizes['train']:,} train / {data.sizes['valid']:,} validation / "
              f"{data.sizes['test']:,} test images (split_seed 0), dynamically binarized. Networks: "
              + ("each study's best trial's (below); " if set(methods) <= set(args.study_configs) else
@@ -93,7 +99,7 @@ def report(args, data, runs, chosen, tests, per_method, diffs, conv, seconds, cm
         s = summary(per_method[method], torch.stack([tests[(method, seed)]["ais_mc"] for seed in range(args.seeds)])
                     .pow(2).mean(0).sqrt() / math.sqrt(args.seeds), "x")
         p = runs[(method, chosen[method], 0)]["parameters"]
-        lines.append(f"| {method} | {s['x']:.2f} | {s['x_se']:.2f} | {s['x_mc_se']:.3f} | {chosen[method]:g} | "
+        lines.append(f"| {method} | {s['x']:.2f} | {s['x_se']:.2f} | {mc(s['x_mc_se'])} | {chosen[method]:g} | "
                      f"{p['encoder']:,} / {p['decoder']:,} / {p['adversary']:,} |")
     lines += ["", "Paired differences (same test images):", "", "| comparison | all seeds | "
               + " | ".join(f"seed {s}" for s in range(args.seeds)) + " |", "|---|---:|" + "---:|" * args.seeds]

@@ -118,6 +118,7 @@ def test_image_benchmark_smoke_run(tmp_path):
     again = run([str(ROOT / "benchmarks" / "images.py"), "--smoke", "--methods", "VAE", "AVB", "--out",
                  str(tmp_path / "again"), "--runs", str(tmp_path / "runs")], tmp_path)  # finished runs are reused
     assert again.returncode == 0 and again.stdout.count("reusing the finished run") == 4, again.stdout[-2000:]
+    assert again.stdout.count("test-5x2-is20.pt (delete it to recompute)") == 4  # and their test AIS, kept
     assert doc.split("| VAE |")[1][:40] in (tmp_path / "again" / "images.md").read_text()
 
 
