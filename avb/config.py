@@ -66,6 +66,7 @@ class Config:
     # --- evaluation
     eval_samples: int = 20000  # importance samples per data point for log p(x)
     eval_points: int = 512  # validation points evaluated during training (all of the synthetic set)
+    eval_kl_samples: int = 10000  # samples of q(z) and of p(z) for the kl_qz_pz diagnostic (k-NN estimate)
     eval_estimator: str = "is"  # the validation log p(x) that trials, ASHA and checkpoints rank by: is / ais
     eval_ais_temps: int = 500  # eval_estimator='ais': temperatures ...
     eval_ais_chains: int = 1  # ... and chains per point (docs/reproduction/estimators.md)
@@ -107,6 +108,8 @@ class Config:
         for name in ("beta1", "beta2", "adv_beta1", "adv_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be an Adam beta in [0, 1)")
+        if self.eval_kl_samples < 10:
+            raise ConfigError(f"eval_kl_samples={self.eval_kl_samples} is too few for the k-NN KL estimate; use >= 10")
         if self.eval_ais_temps < 2:
             raise ConfigError(f"eval_ais_temps={self.eval_ais_temps} must be >= 2 (AIS needs both ends of the path)")
         if self.split_seed < 0:

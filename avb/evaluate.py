@@ -207,8 +207,9 @@ def knn_kl(p_samples: Tensor, q_samples: Tensor, k: int = 3) -> float:
     m = len(q_samples)
 
     def kth_distance(a: Tensor, b: Tensor, kk: int) -> Tensor:
-        # exact differences, not the |a|^2 + |b|^2 - 2ab matmul form, which cancels for tight clusters
-        return torch.cat([torch.cdist(ac, b, compute_mode="donot_use_mm_for_euclid_dist").kthvalue(kk, dim=1).values
+        # float64: the |a|^2 + |b|^2 - 2ab form stays exact for tight clusters far from the origin
+        a, b = a.double(), b.double()
+        return torch.cat([torch.cdist(ac, b).topk(kk, dim=1, largest=False).values[:, -1]
                           for ac in a.split(1024)])
 
     rho = kth_distance(p_samples, p_samples, k + 1)  # k+1: the point itself is at distance 0
@@ -245,7 +246,7 @@ def evaluate(trainer: Trainer, x: Tensor, num_samples: int, seed: int = 1234, es
         **summary(log_px, mc_se, "log_likelihood"),
         "reconstruction_error": rec,
         "elbo" if cfg.objective == "vae" else "adversary_elbo": elbo,
-        "kl_qz_pz": kl_aggregate(trainer, x, 10000, g),
+        "kl_qz_pz": kl_aggregate(trainer, x, cfg.eval_kl_samples, g),
     }
 
 

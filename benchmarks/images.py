@@ -184,7 +184,7 @@ def cached(path: Path, name: str, x: torch.Tensor, compute) -> dict:
     keep = path.with_name(f"{name}.pt")
     images = hashlib.sha256(x.detach().cpu().numpy().tobytes()).hexdigest()
     if keep.exists() and keep.stat().st_mtime >= path.stat().st_mtime:
-        kept = torch.load(keep, map_location="cpu", weights_only=False)
+        kept = torch.load(keep, map_location="cpu", weights_only=True)
         if kept.get("images") == images:
             print(f"   reusing {keep} (delete it to recompute)", flush=True)
             return kept["value"]

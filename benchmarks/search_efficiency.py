@@ -58,7 +58,8 @@ STRATEGIES = {  # name: (label, study flags)
     "random": ("random search", ["--sampler", "random", "--scheduler", "none"]),
 }
 DEFAULT_SET = ["hidden=128", "batch_size=128"]  # encoder/decoder 128 units (the preset: 256), batch 128
-SMOKE_SET = ["hidden=16", "adv_hidden=16", "adv_inner=8", "batch_size=32", "eval_samples=1000"]
+SMOKE_SET = ["hidden=16", "adv_hidden=16", "adv_inner=8", "batch_size=32", "eval_samples=1000",
+             "eval_kl_samples=500"]
 OPTIMUM = -math.log(4)  # the synthetic set's best possible log p(x)
 STORE_ENV = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AVB_OPTUNA_STORAGE", "AVB_DATA_ROOT")
 

@@ -230,7 +230,7 @@ def build_tuner(settings: StudySettings, trainable, recorder: Recorder):
     searcher = ConcurrencyLimiter(make_searcher(settings, links), max_concurrent=settings.concurrency)
     return tune.Tuner(trainable, run_config=run_config(settings, recorder),
                       tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(settings),
-                                                  num_samples=settings.num_trials))
+                                                  num_samples=settings.num_trials, reuse_actors=True))
 
 
 def experiment_path(settings: StudySettings) -> str:

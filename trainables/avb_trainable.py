@@ -131,6 +131,11 @@ class AVBTrainable(tune.Trainable):
         history = self.client.get_metric_history(self.run_id, "log_likelihood")
         self.logged_up_to = max((m.step for m in history), default=-1)
 
+    def reset_config(self, new_config: dict) -> bool:
+        """Tune's reuse_actors: the next trial in this actor, set up as a new one (no process start)."""
+        self.setup(new_config)  # tune.with_parameters wraps setup: it passes the settings again
+        return True
+
     def _find_or_create_run(self, number: int, searched: dict, fixed: list[str]) -> str:
         """One nested run per trial; a resumed or retried trial finds its run again (no duplicates)."""
         s = self.settings
