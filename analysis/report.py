@@ -49,7 +49,16 @@ from analysis.importances import (
     load_study,
     log_scale_params,
 )
-from analysis.stores import OneLineParser, add_store_flags, check_out_dir, find_stores, masked, run_cli
+from analysis.stores import (
+    OneLineParser,
+    add_store_flags,
+    check_out_dir,
+    find_stores,
+    first_line,
+    masked,
+    run_cli,
+    store_errors,
+)
 from analysis.tables import (
     LABELS,
     METHODS,
@@ -228,8 +237,9 @@ def build_report(runs: StudyRuns, ostudy: optuna.Study, out: Path) -> str:
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def report(uri: str, storage: str, study: str, out: str | Path) -> Path:
-    """Write OUT/report.md and its figures, log OUT to the study's parent run under report/; returns report.md.
+def report(uri: str, storage: str, study: str, out: str | Path) -> tuple[Path, bool]:
+    """Write OUT/report.md and its figures, log OUT to the study's parent run under report/; returns report.md
+    and whether it was logged.
     Everything is checked (the output folder, both stores, the study in each) before anything is written."""
     out = check_out_dir(Path(out))
     runs = open_study(uri, study)
@@ -239,8 +249,12 @@ def report(uri: str, storage: str, study: str, out: str | Path) -> Path:
         (out / name).unlink(missing_ok=True)
     path = out / "report.md"
     path.write_text(build_report(runs, ostudy, out))
-    runs.client.log_artifacts(runs.parent.info.run_id, str(out), artifact_path="report")
-    return path
+    try:
+        runs.client.log_artifacts(runs.parent.info.run_id, str(out), artifact_path="report")
+    except (OSError, *store_errors()) as err:  # a read-only store: the report stands without the copy
+        print(f"warning: the report is not logged to MLflow ({first_line(err)})", file=sys.stderr)
+        return path, False
+    return path, True
 
 
 # ----------------------------------------------------------------------------- main
@@ -260,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> None:
         stores = find_stores(args.results_dir, args.tracking_uri, args.optuna_storage)
         out = Path(args.out) if args.out else stores.out_dir(args.study, "report")
-        path = report(stores.tracking_uri, stores.optuna_storage, args.study, out)
-        print(f"report: {path}\nlogged to the study's parent run in MLflow under report/")
+        path, logged = report(stores.tracking_uri, stores.optuna_storage, args.study, out)
+        print(f"report: {path}" + ("\nlogged to the study's parent run in MLflow under report/" if logged else ""))
 
     return run_cli(work)
 

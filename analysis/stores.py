@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from study.cli import OneLineParser as OneLineParser  # noqa: PLC0414  (analysis.export, .report)
 from study.credentials import mlflow_refusal
-from study.settings import OneLineParser as OneLineParser  # noqa: PLC0414  (analysis.export, .report)
 from study.settings import first_line, masked
 
 DEFAULT_RESULTS_DIR = "results"
@@ -188,6 +188,9 @@ def check_out_dir(out: Path) -> Path:
     parent = next((p for p in out.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise AnalysisError(f"--out {out}: {parent} is a file, not a folder")
+    nearest = out if out.exists() else parent
+    if nearest is not None and not os.access(nearest, os.W_OK | os.X_OK):
+        raise AnalysisError(f"cannot write into {nearest} (read-only); pass a writable folder with --out")
     return out
 
 

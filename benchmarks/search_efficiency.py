@@ -327,7 +327,7 @@ def recipe(args) -> dict:
     """The configuration the timing parts train: the preset's 3rd baseline (the reproduction recipe), with the
     benchmark's --set on top."""
     from search_spaces import load_preset
-    from study.settings import parse_overrides
+    from study.cli import parse_overrides
 
     return {**load_preset("synthetic").BASELINES[2], **parse_overrides(args.set)}
 

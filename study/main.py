@@ -20,8 +20,11 @@ import os
 import signal
 import sys
 
+import optuna
+
 from study import credentials
-from study.settings import StudyError, StudySettings, first_line, parse
+from study.cli import parse
+from study.settings import StudyError, StudySettings, first_line
 from study.stores import check_existence, check_mlflow, check_optuna
 
 INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -107,6 +110,7 @@ class Interrupt:
 def main(argv: list[str] | None = None) -> int:
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # "Creating initial tables" on stderr
         logging.getLogger(name).setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in RDB": the study says it
     # MLflow's own "View run / View experiment" links open its GenAI view: the summary prints the right one.
     # The trials set it too (AVBTrainable.setup), on every node.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

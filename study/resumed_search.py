@@ -10,18 +10,23 @@ from ray.tune.search import SearchGenerator
 
 
 class ResumedSearch(SearchGenerator):
-    """Tune's SearchGenerator with one change on restore. Ray 2.60 (pinned) restores the pickled Experiment,
-    whose StorageContext is the first run's, and builds every new trial from it: a study resumed from a copy,
-    or under another --storage-path, made its new trials' folders and checkpoints in the original's
+    """Tune's SearchGenerator with two changes on restore: more trials when crashed ones are retried
+    (--retry-crashed), and new trials made here. Ray 2.60 (pinned) restores the pickled Experiment, whose
+    StorageContext is the first run's, and builds every new trial from it: a study resumed from a copy, or
+    under another --storage-path, made its new trials' folders and checkpoints in the original's
     (tests/test_resume.py). Its storage is pointed here the way Tune re-points the restored trials
     (TuneController._restore_trials)."""
 
-    def __init__(self, searcher, storage_path: str, name: str):
+    def __init__(self, searcher, storage_path: str, name: str, retries: int = 0):
+        """`retries`: trials to ask for beyond the study's --num-trials (--retry-crashed)."""
         super().__init__(searcher)
-        self._storage_path, self._name = storage_path, name
+        self._storage_path, self._name, self._retries = storage_path, name, retries
 
     def set_state(self, state: dict) -> None:
         super().set_state(state)
+        if self._retries:
+            self._total_samples += self._retries
+            self._finished = False
         storage = copy.copy(self._experiment.spec["storage"])
         filesystem, path = get_fs_and_path(self._storage_path)
         storage.storage_filesystem, storage.storage_fs_path = filesystem, Path(path).as_posix()

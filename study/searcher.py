@@ -115,9 +115,20 @@ class StudySearch(OptunaSearch):
             return None
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr("tune_trial_id", trial_id)
-        if "fixed_params" in self._stored(trial_id).system_attrs:  # enqueued: one of the preset's BASELINES
+        stored = self._stored(trial_id)
+        if "fixed_params" in stored.system_attrs and "retry_of" not in stored.user_attrs:  # the preset's BASELINES
             ot_trial.set_user_attr("baseline", True)
         return {**config, NUMBER_KEY: ot_trial.number}
+
+    def enqueue_retries(self) -> list[int]:
+        """--retry-crashed: each crashed trial not yet retried is enqueued with its parameters, to be asked
+        again as a new trial (user attribute `retry_of`); returns the crashed trials' numbers."""
+        trials = self._ot_study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials}
+        crashed = [t for t in trials if t.user_attrs.get("fate") == Fate.CRASHED.value and t.number not in retried]
+        for t in crashed:
+            self._ot_study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        return [t.number for t in crashed]
 
     # ------------------------------------------------------------------ telling
     def _stored(self, trial_id: str) -> FrozenTrial:
@@ -148,7 +159,8 @@ class StudySearch(OptunaSearch):
             return  # removed before it ran (Tune stops pending trials when interrupted): stays RUNNING, resumable
         if not error:
             self._report(trial_id, result)  # Tune hands the last iteration only to on_trial_complete
-        iterations = int(result.get("training_iteration", 0))
+        reported = self._stored(trial_id).intermediate_values  # Tune hands a crashed trial's end no result
+        iterations = int(result.get("training_iteration", max(reported, default=0)))
         if error:
             fate = Fate.CRASHED
         elif result.get("diverged"):

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from search_spaces import load_preset
-from study.records import result_fate
+from study.records import result_fate, resume_command
 from study.settings import StudySettings, masked
 from trainables import tracking
 from trainables.tracking import Fate
@@ -105,13 +105,41 @@ def summarize(settings: StudySettings, results, recorder) -> int:
             print_final_evaluation(settings, finished, recorder)
     else:
         print("no trial ran the full budget: nothing to call best")
-    crashed = [r for r in results if fates[id(r)] is Fate.CRASHED]
-    for r in crashed:
-        trial_id = Path(r.path).name.split("_")[1] if r.path else ""
-        number = (r.config or {}).get(tracking.TRIAL_NUMBER, recorder.numbers.get(trial_id, "?"))
-        print(f"CRASHED trial {number}: {tracking.one_line(str(r.error), 300)}")
+    unresolved = print_crashed([r for r in results if fates[id(r)] is Fate.CRASHED], settings, recorder)
     print(f"Ray results: {settings.storage_path}/{settings.study_name}")
     print(f"Optuna:      optuna-dashboard {masked(settings.optuna_storage)}   (study {settings.study_name})")
     print(f"MLflow:      {ui_hint(settings, recorder.settings.experiment_id)}")
-    client.set_terminated(parent, status="FAILED" if crashed else "FINISHED")
-    return 1 if crashed else 0
+    client.set_terminated(parent, status="FAILED" if unresolved else "FINISHED")
+    return 1 if unresolved else 0
+
+
+def retries(settings: StudySettings) -> dict[int, tuple[int, str]]:
+    """A retried crashed trial's number -> (its retry's number, the retry's fate), from Optuna."""
+    import optuna
+
+    study = optuna.load_study(study_name=settings.study_name, storage=settings.optuna_storage)
+    return {t.user_attrs["retry_of"]: (t.number, t.user_attrs.get("fate", "not run")) for t in
+            study.get_trials(deepcopy=False) if "retry_of" in t.user_attrs}
+
+
+def print_crashed(crashed: list, settings: StudySettings, recorder) -> int:
+    """One line per crashed trial, with its retry if it had one; returns how many have no retry that ended
+    without a crash (then the hint names --retry-crashed)."""
+    if not crashed:
+        return 0
+    client, s = recorder.client, recorder.settings
+    numbers = {r.data.tags.get(tracking.TRIAL_ID): r.data.tags[tracking.TRIAL_NUMBER]
+               for r in tracking.trial_runs(client, s.experiment_id, s.parent_run_id)}  # a resumed driver's too
+    retried, unresolved = retries(settings), 0
+    for r in crashed:
+        trial_id = Path(r.path).name.split("_")[1] if r.path else ""
+        number = int((r.config or {}).get(tracking.TRIAL_NUMBER, numbers.get(trial_id, -1)))
+        retry, fate = retried.get(number, (None, None))
+        while fate == Fate.CRASHED.value and retry in retried:
+            retry, fate = retried[retry]
+        unresolved += fate in (None, Fate.CRASHED.value)
+        shown = f" (retried as trial {retry}: {fate})" if retry is not None else ""
+        print(f"CRASHED trial {number if number >= 0 else '?'}: {tracking.one_line(str(r.error), 300)}{shown}")
+    if unresolved:
+        print(f"fix the cause, then run the crashed trials again: {resume_command(settings)} --retry-crashed")
+    return unresolved

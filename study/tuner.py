@@ -257,7 +257,13 @@ def restore_tuner(settings: StudySettings, trainable, recorder: Recorder):
     internal = tuner._local_tuner  # private, pinned Ray 2.60: Tuner.restore takes no new searcher or callbacks
     limiter = internal._tune_config.search_alg
     limiter.searcher.rebind(optuna.storages.RDBStorage(settings.optuna_storage))
-    internal._tune_config.search_alg = ResumedSearch(limiter, settings.storage_path, settings.study_name)
+    retried = limiter.searcher.enqueue_retries() if settings.retry_crashed else []
+    if settings.retry_crashed:
+        print(f"retrying {len(retried)} crashed trial(s) from the start as new trials"
+              + (f": {', '.join(map(str, retried))}" if retried else ""), flush=True)
+    recorder.num_trials += len(retried)
+    internal._tune_config.search_alg = ResumedSearch(limiter, settings.storage_path, settings.study_name,
+                                                     len(retried))
     internal._run_config.callbacks = [recorder]
     internal._run_config.verbose = 1 if settings.verbose else 0
     return tuner

@@ -47,16 +47,22 @@ def start_study(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for_checkpoint(storage: Path, proc: subprocess.Popen, timeout: float = 240) -> Path:
-    """The first checkpoint folder any trial writes under a Ray storage folder (polled)."""
+def checkpoints(storage: Path) -> list[Path]:
+    """Every trial checkpoint under a Ray storage folder."""
+    return sorted(storage.glob("*/*/checkpoint_*/trainer.pt"))
+
+
+def wait_for_checkpoint(storage: Path, proc: subprocess.Popen, timeout: float = 240,
+                        besides: list[Path] = ()) -> Path:
+    """The first checkpoint under a Ray storage folder that is not one of `besides` (polled)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = sorted(storage.glob("*/*/checkpoint_*/trainer.pt"))
+        found = [p for p in checkpoints(storage) if p not in besides]
         if found:
             return found[0]
-        assert proc.poll() is None, f"the study ended before its first checkpoint (rc {proc.returncode})"
+        assert proc.poll() is None, f"the study ended before a new checkpoint (rc {proc.returncode})"
         time.sleep(0.2)
-    raise AssertionError(f"no checkpoint under {storage} within {timeout} s")
+    raise AssertionError(f"no new checkpoint under {storage} within {timeout} s")
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 180) -> str:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -375,6 +376,27 @@ def test_walkthrough_notebook_finds_the_study_where_jupyter_started(study, monke
     assert after == before and not (ROOT / "results" / "analysis" / STUDY).exists()  # nothing in the repository
 
 
+def test_the_notebook_without_a_study_names_its_environment_variables(tmp_path, monkeypatch):
+    """Started where no study ran: the error names what the notebook reads (AVB_RESULTS_DIR, ...), not flags."""
+    nb = nbformat.read(ROOT / "analysis" / "walkthrough.ipynb", as_version=4)
+    monkeypatch.setenv("PWD", str(tmp_path))
+    with pytest.raises(nbclient.exceptions.CellExecutionError) as err:
+        nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
+                                resources={"metadata": {"path": str(ROOT / "analysis")}}).execute()
+    last = str(err.value).strip().splitlines()[-1]
+    assert f"no MLflow store at {tmp_path / 'results' / 'mlflow.db'}; set AVB_RESULTS_DIR=" in last, last
+    assert "--" not in last
+
+
+def test_the_jupyter_commands_the_notebook_names_are_installed():
+    """The notebook tells users to run `jupyter lab` and `jupyter execute`: requirements-dev.txt installs both."""
+    text = (ROOT / "analysis" / "walkthrough.ipynb").read_text()
+    for command in ("lab", "execute"):
+        assert f"jupyter {command} " in text
+        out = subprocess.run(["jupyter", command, "--help"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+
+
 # ----------------------------------------------------------------------------- errors
 def damaged(source: Path, folder: Path, how: str) -> Path:
     """`source` (an mlflow.db or optuna.db) copied into `folder`, damaged: random bytes, or cut short."""
@@ -480,6 +502,24 @@ def test_errors_as_a_user_sees_them(stores, tmp_path, module, case):
     out = run_module(module, args, cwd=tmp_path)
     assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ") and message in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("module", ["analysis.export", "analysis.report"])
+@pytest.mark.slow
+def test_a_read_only_results_folder_is_one_line_naming_out(tmp_path, module):
+    """The study's folder on a read-only file system (a bind mount in a user namespace, as root or not): one
+    line that names --out, nothing written; with --out elsewhere the same command works."""
+    mount = tmp_path / "mounted"
+    fake_study(mount / "results")
+    command = [sys.executable, "-m", module, "--study", "fake"]
+    script = (f"mount --bind -o ro {mount} {mount} && cd {mount} && {shlex.join(command)} 2>&1; echo rc=$?; "
+              f"{shlex.join(command)} --out {tmp_path / 'elsewhere'} >/dev/null 2>&1; echo rc=$?")
+    out = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], env=study_env(),
+                         capture_output=True, text=True, timeout=300)
+    lines = out.stdout.strip().splitlines()
+    assert lines[:2] == [f"error: cannot write into {mount / 'results'} (read-only); pass a writable folder "
+                         "with --out", "rc=2"], out.stdout + out.stderr
+    assert lines[2:] == ["rc=0"] and any((tmp_path / "elsewhere").iterdir()), out.stdout + out.stderr
 
 
 def test_rung_table_ranks_the_rung_against_the_end():

@@ -90,6 +90,7 @@ STUDY_CASES = {  # id: (arguments, part of the message)
     "negative-gpus": (["--gpus-per-trial", "-1"], "--gpus-per-trial must be >= 0"),
     "fractional-gpus-above-1": (["--gpus-per-trial", "1.5"], "whole number of GPUs"),
     "negative-failures": (["--max-failures", "-5"], "--max-failures must be >= 0"),
+    "retry-without-resume": (["--retry-crashed"], "--retry-crashed needs --resume --study-name NAME"),
     "zero-checkpoints": (["--keep-checkpoints", "0"], "--keep-checkpoints must be a positive integer"),
     "negative-final-ais": (["--final-ais", "-1"], "--final-ais must be >= 0"),
     "zero-ais-temps": (["--ais-temps", "0"], "--ais-temps must be a positive integer"),

@@ -86,22 +86,23 @@ def test_a_host_check_that_refuses_the_trials_address_stops_the_study_before_any
                                "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                                "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    uri = f"http://127.0.0.1:{port}"
+    uri, cluster = f"http://127.0.0.1:{port}", None
     try:
         deadline = time.monotonic() + 240
-        while True:
+        while True:  # the server's start (MLflow 3 spawns its job runners) before Ray's: raylet waits only 30 s
             try:
                 urllib.request.urlopen(uri + "/health", timeout=2)
                 break
             except OSError:
                 assert time.monotonic() < deadline, "mlflow server did not start"
                 time.sleep(1)
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
         out = run_study(["--address", cluster.address, "--tracking-uri", uri, "--results-dir",
                          str(tmp_path / "results"), "--study-name", "refused", *FAST], cwd=tmp_path)
         names = [e.name for e in mlflow.MlflowClient(uri).search_experiments()]
     finally:
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         server.terminate()
         server.wait(timeout=30)
     lines = out.stderr.strip().splitlines()

@@ -1,7 +1,8 @@
 """A study against a real MLflow server with its login (`mlflow server --app-name basic-auth`, set up as
-cluster.yaml's head does), once with its stores in SQLite beside it and once on the suite's PostgreSQL (runs,
-users and the Optuna study in three databases of one server, the Optuna URL from $AVB_OPTUNA_STORAGE as the
-nodes have it):
+cluster.yaml's head does), its stores on the suite's PostgreSQL as on the cluster (runs, users and the Optuna
+study in three databases of one server, the Optuna URL from $AVB_OPTUNA_STORAGE as the nodes have it). The
+same login path on a SQLite-backed server was a second parameter, dropped for the suite's time (issue 18):
+the login checks do not depend on the server's store.
 
 - REST calls without a login get 401, a wrong login 401;
 - a study without a login, or with a wrong password, is a one-line error before any trial, with nothing written;
@@ -37,14 +38,9 @@ DENIED = {  # what an unauthenticated client tries: read, the UI's API, write, a
 }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture
 def stores(request, tmp_path):
-    """(server, Optuna URL for the study's environment or None, the database password or None)."""
-    if request.param == "sqlite":
-        with MlflowAuthServer(tmp_path / "server", f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}",
-                              f"sqlite:///{tmp_path / 'server' / 'basic_auth.db'}", ADMIN_PASSWORD) as server:
-            yield server, None, None
-        return
+    """(server, Optuna URL for the study's environment, the database password)."""
     postgres = request.getfixturevalue("postgres")
     with MlflowAuthServer(tmp_path / "server", postgres.create_database("mlflow"),
                           postgres.create_database("mlflow_auth"), ADMIN_PASSWORD) as server:
@@ -104,7 +100,7 @@ def test_a_study_needs_the_servers_login_and_leaves_no_secret(stores, tmp_path, 
     results = tmp_path / "results"
     env = base_env(RAY_AUTH_TOKEN_PATH=str(token_path), RAY_TMPDIR=str(ray_tmp), RAY_DEDUP_LOGS="0",
                    MLFLOW_TRACKING_USERNAME="study",
-                   **({"AVB_OPTUNA_STORAGE": optuna_url} if optuna_url else {}))
+                   AVB_OPTUNA_STORAGE=optuna_url)
     args = ["--tracking-uri", server.uri, "--results-dir", str(results), "--study-name", "guarded", *STUDY]
 
     # No login, then a wrong password: one line each, before anything is written.
@@ -120,7 +116,7 @@ def test_a_study_needs_the_servers_login_and_leaves_no_secret(stores, tmp_path, 
     out = run(tmp_path, args, env | {"MLFLOW_TRACKING_PASSWORD": STUDY_PASSWORD})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert run_summary(server.uri, "guarded") == Counter({("FINISHED", "finished"): 2})
-    storage = optuna_url or f"sqlite:///{results / 'optuna.db'}"  # PostgreSQL: the URL of the environment
+    storage = optuna_url  # the URL of the environment
     assert len(optuna.load_study(study_name="guarded", storage=storage).trials) == 2
     experiment = mlflow.MlflowClient(server.uri).get_experiment_by_name("guarded")
     runs = mlflow.MlflowClient(server.uri).search_runs([experiment.experiment_id])
@@ -128,7 +124,7 @@ def test_a_study_needs_the_servers_login_and_leaves_no_secret(stores, tmp_path, 
     # No secret in any file the study wrote (results, Ray's state and logs, MLflow's artifacts), nor in what it
     # printed, MLflow's params and tags, or any command line seen while it ran.
     values = {"the study's password": STUDY_PASSWORD, "the admin password": ADMIN_PASSWORD, "the Ray token": token}
-    values |= {"the database password": db_password} if db_password else {}
+    values |= {"the database password": db_password}
     records = "\n".join(f"{r.data.params} {r.data.tags}" for r in runs)
     assert len(leaks(values, [], {"a control": " ".join(values.values())})) == len(values)  # the grep finds them
     found = leaks(values, [results, ray_tmp, server.folder / "artifacts"],

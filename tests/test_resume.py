@@ -6,10 +6,12 @@ logged once, nothing left RUNNING."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 import optuna
 import pytest
@@ -17,6 +19,7 @@ import pytest
 from tests.conftest import start_mlflow_server
 from tests.study_utils import (
     FAST,
+    checkpoints,
     fault_figures,
     metric_steps,
     optuna_states,
@@ -62,29 +65,24 @@ def assert_resumable(proc, out: str, code: int, results, study: str) -> None:
     assert parent.info.status == "KILLED"
 
 
-def test_sigterm_leaves_a_resumable_study_and_resumes(tmp_path):
-    """SIGTERM (what a scheduler or `ray stop` sends); Ctrl-C is the first half of the copy test below."""
+def test_sigterm_then_kill_9_of_the_resumed_driver_then_resume(tmp_path):
+    """SIGTERM (what a scheduler or `ray stop` sends), --resume, kill -9 of that resumed driver once it has
+    written a checkpoint of its own, --resume again: exactly finished. Ctrl-C is the first half of the copy
+    test below."""
     results = tmp_path / "results"
     proc = start_study(["--results-dir", str(results), "--study-name", "stopped", *SHORT], cwd=tmp_path)
     wait_for_checkpoint(results / "ray", proc)
     assert_resumable(proc, stop(proc, signal.SIGTERM), 143, results, "stopped")
-    t0 = time.monotonic()
-    resumed = run_study(["--resume", "--study-name", "stopped", "--results-dir", str(results)], cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert_exactly_finished(sqlite(results / "mlflow.db"), sqlite(results / "optuna.db"), "stopped",
-                            "SIGTERM then --resume (resume run)", time.monotonic() - t0)
-
-
-def test_driver_kill_then_resume_from_the_cli(tmp_path):
-    results = tmp_path / "results"
-    proc = start_study(["--results-dir", str(results), "--study-name", "killed", *SHORT], cwd=tmp_path)
-    wait_for_checkpoint(results / "ray", proc)
+    resume = ["--resume", "--study-name", "stopped", "--results-dir", str(results)]
+    written = checkpoints(results / "ray")
+    proc = start_study(resume, cwd=tmp_path)
+    wait_for_checkpoint(results / "ray", proc, besides=written)
     stop(proc, signal.SIGKILL)
     t0 = time.monotonic()
-    out = run_study(["--resume", "--study-name", "killed", "--results-dir", str(results)], cwd=tmp_path)
+    out = run_study(resume, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert_exactly_finished(sqlite(results / "mlflow.db"), sqlite(results / "optuna.db"), "killed",
-                            "kill -9 then --resume (resume run)", time.monotonic() - t0)
+    assert_exactly_finished(sqlite(results / "mlflow.db"), sqlite(results / "optuna.db"), "stopped",
+                            "SIGTERM, --resume, kill -9, then --resume (last resume run)", time.monotonic() - t0)
 
 
 def test_new_head_resumes_from_postgresql_and_the_storage_path_alone(tmp_path, postgres):
@@ -139,3 +137,51 @@ def test_resume_writes_to_the_stores_it_is_given(tmp_path):
     assert sorted(p.relative_to(results) for p in (results / "ray").rglob("*")) == ray_before  # no trial folder
     assert_exactly_finished(sqlite(copy / "mlflow.db"), sqlite(copy / "optuna.db"), "copied",
                             "SIGINT, then --resume of a copy (resume run)", time.monotonic() - t0)
+
+
+def kill_trial_workers(timeout: float = 60) -> int:
+    """kill -9 the Ray worker processes that run trials (what a node's OOM killer does): Ray titles an actor's
+    process `ray::AVBTrainable...`. Returns how many."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if cmdline.read_bytes().startswith(b"ray::AVBTrainable"):
+                    pids.append(int(cmdline.parent.name))
+            except OSError:
+                pass
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        if pids:
+            return len(pids)
+        time.sleep(0.1)
+    return 0
+
+
+def test_retry_crashed_runs_a_crashed_trial_again_as_a_new_trial(tmp_path):
+    """A trial whose worker is killed under --max-failures 0 crashes, with the iterations it reported; the summary
+    names --retry-crashed; --resume --retry-crashed runs it again from the start as a new trial with the same
+    parameters, and the study ends well (exit 0)."""
+    results = tmp_path / "results"
+    args = ["--results-dir", str(results), "--study-name", "retried", *FAST, "--num-trials", "1", "--scheduler",
+            "none", "--iterations", "8", "--steps-per-iteration", "200", "--max-failures", "0"]
+    proc = start_study(args, cwd=tmp_path)
+    wait_for_checkpoint(results / "ray", proc)
+    assert kill_trial_workers() >= 1
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "CRASHED trial 0: " in out, out[-3000:]
+    assert "--resume --study-name retried" in out and "--retry-crashed" in out
+    resumed = run_study(["--resume", "--study-name", "retried", "--results-dir", str(results), "--retry-crashed"],
+                        cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "retrying 1 crashed trial(s) from the start as new trials: 0" in resumed.stdout
+    assert "(retried as trial 1: finished)" in resumed.stdout
+    uri, storage = sqlite(results / "mlflow.db"), sqlite(results / "optuna.db")
+    assert run_summary(uri, "retried") == Counter({("FAILED", "crashed"): 1, ("FINISHED", "finished"): 1})
+    assert trial_runs(uri, "retried")[0].info.status == "FINISHED"
+    crashed, retry = optuna.load_study(study_name="retried", storage=storage).trials
+    assert crashed.state.name == "FAIL" and crashed.user_attrs["fate"] == "crashed"
+    assert crashed.user_attrs["iterations"] == max(crashed.intermediate_values) >= 1  # not 0 (issue 18)
+    assert retry.state.name == "COMPLETE" and retry.user_attrs["retry_of"] == 0 and retry.params == crashed.params
+    assert "baseline" not in retry.user_attrs and sorted(retry.intermediate_values) == list(range(1, 9))

@@ -63,6 +63,19 @@ def test_each_fate_gets_its_state_and_every_iteration_is_an_intermediate_value()
     assert study.metric_names == ["log_likelihood"]
 
 
+def test_a_trial_that_crashes_after_an_iteration_records_it():
+    """Tune hands a crashed trial's end no result (e.g. its worker was killed, --max-failures 0): the
+    iterations it reported still count."""
+    s = searcher()
+    s.suggest("killed")
+    s.on_trial_result("killed", result(-2.0, 1))
+    s.on_trial_result("killed", result(-1.9, 2))
+    s.on_trial_complete("killed", None, error=True)
+    (trial,) = s._ot_study.trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fate"] == "crashed"
+    assert trial.user_attrs["iterations"] == 2 and trial.intermediate_values == {1: -2.0, 2: -1.9}
+
+
 def test_config_carries_the_optuna_trial_number():
     s = searcher()
     numbers = [s.suggest(f"t{i}")[NUMBER_KEY] for i in range(3)]
@@ -201,3 +214,31 @@ def test_baselines_are_labelled_and_the_study_points_to_its_mlflow_records():
     assert study.user_attrs == {"mlflow_experiment_id": "7", "mlflow_parent_run_id": "abc"}
     labels = {t.user_attrs["tune_trial_id"]: t.user_attrs.get("baseline", False) for t in study.trials}
     assert labels == {"first": True, "second": False}
+
+
+def test_a_resume_in_a_copied_folder_says_whose_stores_it_writes(tmp_path):
+    """A copy of a results folder resumed without store flags writes to the original's SQLite files (the saved
+    settings name them): one note says so before anything is written, and how to use the copy's own files."""
+    import dataclasses
+
+    from study.settings import StudySettings
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    first = StudySettings(study_name="s", results_dir=str(original))
+    first.resolve_paths()
+    first.resolve()
+    saved = {k: v for k, v in dataclasses.asdict(first).items()}
+    copy.mkdir()
+    for name in ("mlflow.db", "optuna.db"):
+        (copy / name).write_bytes(b"")
+    resumed = StudySettings(study_name="s", results_dir=str(copy), resume=True)
+    resumed.resolve_paths()
+    notes = resumed.merge_saved(saved, {"study_name", "results_dir", "resume"})
+    assert resumed.tracking_uri == f"sqlite:///{original / 'mlflow.db'}"  # still the study's, as documented
+    assert notes == [f"this study's {what} is sqlite:///{original / name} (its saved settings), not {copy / name}; "
+                     f"to resume a copy on its own stores pass --{flag} sqlite:///{copy / name}"
+                     for what, name, flag in (("tracking uri", "mlflow.db", "tracking-uri"),
+                                              ("optuna storage", "optuna.db", "optuna-storage"))]
+    in_place = StudySettings(study_name="s", results_dir=str(original), resume=True)
+    in_place.resolve_paths()
+    assert in_place.merge_saved(saved, {"study_name", "results_dir", "resume"}) == []
