@@ -42,7 +42,6 @@ class Recorder(tune.Callback):
         self.iterations_here = 0  # trial-iterations reported to this driver (its rate gives the time bound)
         self.best: tuple[float, int, int] | None = None  # (log_likelihood, trial number, iteration)
         self.ended: dict[str, Fate] = {}  # Tune trial id -> fate, for trials that ended in this driver
-        self.numbers: dict[str, int] = {}  # Tune trial id -> the study's trial number
         self._client = None
 
     def __getstate__(self) -> dict:
@@ -107,7 +106,6 @@ class Recorder(tune.Callback):
         """Record the fate in MLflow, upload the best checkpoint, print one line. Never raises: a broken
         record must not stop the other trials."""
         self.ended[trial.trial_id] = fate
-        self.numbers[trial.trial_id] = trial.config.get(NUMBER_KEY)
         result = trial.last_result or {}
         value = result.get("log_likelihood")
         if fate is Fate.DIVERGED:
