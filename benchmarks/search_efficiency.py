@@ -66,8 +66,10 @@ STORE_ENV = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AVB_OPTUNA_STORAGE", "AVB_DA
 
 # ----------------------------------------------------------------------------- running a study
 def study_env() -> dict:
+    """Each study on a Ray of its own (RAY_ADDRESS=local): never one that happens to run on this machine."""
     env = {k: v for k, v in os.environ.items() if k not in STORE_ENV}
-    return env | {"PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+    return env | {"PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0",
+                  "RAY_ADDRESS": "local"}
 
 
 def load() -> list[float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 
 import optuna
@@ -19,21 +20,29 @@ METRIC, MODE = "log_likelihood", "max"  # validation log p(x): what ASHA, Optuna
 
 
 # ----------------------------------------------------------------------------- Ray
+NOISE = ("Resume experiment with: Tuner.restore",  # Ray's resume hint: the study prints the right command
+         "snapshotting has been triggered",  # short iterations checkpoint often: nothing for a user to change
+         "Token authentication is enabled for this Ray cluster")  # Ray 2.60's default for a new local Ray
+
+
 class _DropKnownNoise(logging.Filter):
-    """Ray messages that mislead here: its own resume hint (the study prints the right command) and the
-    benign failure to delete a checkpoint twice when a resumed trial replays an iteration."""
+    """Ray messages that mislead or say nothing to act on (NOISE), and the benign failure to delete a checkpoint
+    twice when a resumed trial replays an iteration."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        if "Resume experiment with: Tuner.restore" in text:
+        if any(noise in text for noise in NOISE):
             return False
         exc = record.exc_info[1] if record.exc_info else None
         return not ("Error handling checkpoint" in text and isinstance(exc, FileNotFoundError))
 
 
-def quiet_ray_logs() -> None:
-    for name in ("ray.tune.tune", "ray.tune.execution.tune_controller"):
+def quiet_ray_logs(verbose: bool) -> None:
+    for name in ("ray.tune.tune", "ray.tune.execution.tune_controller", "ray.tune.execution.experiment_state",
+                 "ray._private.authentication.authentication_token_setup"):
         logging.getLogger(name).addFilter(_DropKnownNoise())
+    if not verbose:  # Tune's new console prints its configuration box, a results folder and a TensorBoard hint at
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # any verbosity; its classic one at verbose=0 prints nothing
 
 
 def on_existing_cluster(address: str) -> bool:
@@ -50,7 +59,7 @@ def connect(settings: StudySettings) -> bool:
     import ray
     from ray._private.services import canonicalize_bootstrap_address
 
-    quiet_ray_logs()
+    quiet_ray_logs(settings.verbose)
     try:
         existing = on_existing_cluster(settings.address)
         if existing and not settings.address.startswith("ray://"):  # Ray Client checks its own login

@@ -12,6 +12,7 @@ sys.path.insert(0, str(ROOT))
 from tests.postgres import postgres  # noqa: F401, E402
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ["RAY_ADDRESS"] = "local"  # in-process ray.init(): a Ray of its own, not another test's cluster
 torch.set_num_threads(1)  # small ops: one thread is faster and steadier on a shared 2-core machine
 
 

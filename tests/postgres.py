@@ -28,6 +28,7 @@ How it starts, in order:
 from __future__ import annotations
 
 import atexit
+import fcntl
 import glob
 import os
 import pwd
@@ -222,7 +223,10 @@ def start_server(say=print) -> PostgresServer:
                 "no PostgreSQL server binaries (initdb, pg_ctl) found and cannot install them "
                 f"({'not root' if not is_root else 'no apt-get'}); install PostgreSQL "
                 "(Debian: apt-get install postgresql) or set AVB_PG_BINDIR")
-        apt_install_postgresql(say)
+        with open(Path(tempfile.gettempdir()) / "avb-tests-apt.lock", "w") as lock:  # pytest-xdist: one at a time
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if find_bindir() is None:  # another test worker may have installed it meanwhile
+                apt_install_postgresql(say)
         bindir = find_bindir()
         if bindir is None:
             raise PostgresUnavailable("postgresql installed, but no initdb under /usr/lib/postgresql/*/bin")

@@ -30,9 +30,10 @@ CLEAN = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 
 
 def base_env(**extra: str) -> dict:
-    """This environment without any store, login or cluster it names (MLFLOW_*, RAY_AUTH_*, ...), plus `extra`."""
+    """This environment without any store, login or cluster it names (MLFLOW_*, RAY_AUTH_*, ...), plus `extra`;
+    RAY_ADDRESS=local as in study_utils.study_env."""
     env = {k: v for k, v in os.environ.items() if k not in CLEAN and not k.startswith("MLFLOW_")}
-    return env | {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"} | extra
+    return env | {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"} | extra
 
 
 def token_file(folder: Path) -> tuple[str, Path]:

@@ -23,9 +23,11 @@ STORE_ENV = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AVB_OPTUNA_STORAGE", "AVB_DA
 
 
 def study_env(**extra: str) -> dict:
-    """The environment without anything that would point a study at another store or cluster."""
+    """The environment without anything that would point a study at another store or cluster. RAY_ADDRESS=local:
+    a study without --address starts a Ray of its own even while another test's cluster runs here (tests run two
+    at a time, pytest-xdist; without it, ray.init() joins the cluster `ray start` or a test Cluster last started)."""
     env = {k: v for k, v in os.environ.items() if k not in STORE_ENV}
-    env |= {"RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env |= {"RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "local"}
     return env | extra
 
 

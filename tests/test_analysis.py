@@ -43,6 +43,8 @@ def run_module(module: str, args: list[str], cwd, **env: str) -> subprocess.Comp
                           text=True, timeout=300)
 
 
+pytestmark = pytest.mark.xdist_group("analysis")  # its module fixtures (a study, the stores) run once
+
 @pytest.fixture(autouse=True)
 def no_store_env(monkeypatch):
     """The stores come from the flags and folders each test gives, never from the caller's environment."""

@@ -17,7 +17,7 @@ import pytest
 
 from tests.study_utils import FAST, ROOT, copy_run_py, run_study, study_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bad_input")]  # its module fixtures run once
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +144,7 @@ def study_outcomes(tmp_path_factory) -> dict[str, tuple[Path, subprocess.Complet
         except subprocess.TimeoutExpired as err:  # fails this case only, with what it printed
             return where, subprocess.CompletedProcess(err.cmd, -9, str(err.stdout), f"timed out: {err.stderr}")
 
+    tmp_path_factory.getbasetemp()  # made once here: mktemp in three threads would race to make it
     with ThreadPoolExecutor(3) as pool:
         return dict(zip(STUDY_CASES, pool.map(one, STUDY_CASES)))
 

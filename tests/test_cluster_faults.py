@@ -19,7 +19,7 @@ from tests.study_utils import (
     trial_runs,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_clusters")]  # one multi-node Ray here at a time
 
 
 def test_node_loss_every_trial_finishes_from_its_last_checkpoint(tmp_path):

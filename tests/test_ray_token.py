@@ -21,7 +21,7 @@ import pytest
 from tests.secured import MlflowAuthServer, TokenCluster, base_env, leaks, status, token_file
 from tests.study_utils import FAST, copy_run_py, run_summary
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_clusters")]  # one multi-node Ray here at a time
 ADMIN_PASSWORD, STUDY_PASSWORD = "admin-Pw-5t8w2e6r9y", "study-Pw-7u1i4o8p3a"
 LOGIN = {"MLFLOW_TRACKING_USERNAME": "study", "MLFLOW_TRACKING_PASSWORD": STUDY_PASSWORD}
 CLIENT = """import ray, sys

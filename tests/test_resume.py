@@ -139,9 +139,22 @@ def test_resume_writes_to_the_stores_it_is_given(tmp_path):
                             "SIGINT, then --resume of a copy (resume run)", time.monotonic() - t0)
 
 
-def kill_trial_workers(timeout: float = 60) -> int:
-    """kill -9 the Ray worker processes that run trials (what a node's OOM killer does): Ray titles an actor's
-    process `ray::AVBTrainable...`. Returns how many."""
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether `ancestor` is the parent, grandparent, ... of `pid` (read from /proc)."""
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
+
+
+def kill_trial_workers(driver: int, timeout: float = 60) -> int:
+    """kill -9 the Ray worker processes that run this study's trials (what a node's OOM killer does): Ray titles
+    an actor's process `ray::AVBTrainable...`; the study's local Ray descends from its driver, so another test's
+    study is left alone. Returns how many."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pids = []
@@ -151,6 +164,7 @@ def kill_trial_workers(timeout: float = 60) -> int:
                     pids.append(int(cmdline.parent.name))
             except OSError:
                 pass
+        pids = [pid for pid in pids if descends_from(pid, driver)]
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         if pids:
@@ -168,7 +182,7 @@ def test_retry_crashed_runs_a_crashed_trial_again_as_a_new_trial(tmp_path):
             "none", "--iterations", "8", "--steps-per-iteration", "200", "--max-failures", "0"]
     proc = start_study(args, cwd=tmp_path)
     wait_for_checkpoint(results / "ray", proc)
-    assert kill_trial_workers() >= 1
+    assert kill_trial_workers(proc.pid) >= 1
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "CRASHED trial 0: " in out, out[-3000:]
     assert "--resume --study-name retried" in out and "--retry-crashed" in out

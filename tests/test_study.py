@@ -31,6 +31,12 @@ def test_clean_study_leaves_exact_records(tmp_path):
     assert re.search(r"^progress: \d running, \d/4 ended; (best log_likelihood -\d+\.\d+ \(trial \d, iteration \d\)"
                      r"|no validation value yet); \d+ min", out.stdout, re.M), out.stdout[-3000:]
     assert "Trial status" not in out.stdout and "Trial name" not in out.stdout
+    console = out.stdout + out.stderr  # nothing of Tune's or Ray's that a user cannot act on (issue 18)
+    for noise in ("Configuration for experiment", "View detailed results", "tensorboard", "Token authentication",
+                  "snapshotting"):
+        assert noise not in console, console[-3000:]
+    lines = [line for line in console.splitlines() if line.strip() and not line.startswith("progress: ")]
+    assert len(lines) <= 32, "\n".join(lines)  # 1 header, 4 x 2 trial lines, the summary (about 20)
 
     uri = sqlite(results / "mlflow.db")
     parent, runs = trial_runs(uri, "e2e")
