@@ -78,8 +78,9 @@ class Recorder(tune.Callback):
             print(self.progress_line(trials), flush=True)
 
     def progress_line(self, trials) -> str:
-        """Trials running and ended, the best validation value so far, and a bound on the time left (every
-        trial not yet ended runs its full budget at the rate seen so far; ASHA usually ends it sooner)."""
+        """Trials running and ended, the best validation value so far, and an estimate of the time left: every
+        trial not yet ended runs its full budget at the study's rate so far (ASHA usually ends some sooner; trials
+        slower than those so far, e.g. larger adversaries, take longer)."""
         running = [t for t in trials if t.status == "RUNNING"]
         ended = min(self.ended_before + len(self.ended), self.num_trials)
         minutes = (time.monotonic() - self.started_at) / 60
@@ -87,9 +88,9 @@ class Recorder(tune.Callback):
                 if self.best else "no validation value yet")
         left = (self.num_trials - ended) * self.settings.iterations - sum(
             (t.last_result or {}).get("training_iteration", 0) for t in running)
-        bound = f", at most {left * minutes / self.iterations_here:.0f} min left" if self.iterations_here else ""
+        eta = f", about {left * minutes / self.iterations_here:.0f} min left" if self.iterations_here else ""
         return (f"progress: {len(running)} running, {ended}/{self.num_trials} ended; {best}; "
-                f"{minutes:.0f} min{bound}")
+                f"{minutes:.0f} min{eta}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.close(trial, tracking.fate_of("TERMINATED", trial.last_result, self.settings.iterations))
