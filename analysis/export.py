@@ -43,7 +43,6 @@ from analysis.stores import (
     add_store_flags,
     check_out_dir,
     find_stores,
-    first_line,
     masked,
     open_mlflow,
     run_cli,
@@ -64,8 +63,8 @@ OWN_ROW = ("trial_number", "trial_id", "run_id", "run_name", "status", "fate", "
            "error", "start_time", "end_time")  # trial_row's own columns
 ENDED = (Fate.FINISHED.value, Fate.STOPPED_EARLY.value)  # trials with a value to analyse
 
-__all__ = ["AnalysisError", "StudyRuns", "best_config", "export", "exported_config", "history_frame", "latest_study",
-           "list_studies", "load_history", "load_trials", "open_study", "study_info", "trials_frame"]
+__all__ = ["AnalysisError", "StudyRuns", "export", "history_frame", "latest_study", "list_studies", "load_history",
+           "load_trials", "open_study", "study_info", "trials_frame"]
 
 
 @dataclass
@@ -256,51 +255,6 @@ def load_trials(uri: str, study: str) -> pd.DataFrame:
 def study_info(uri: str, study: str) -> dict:
     """The study's settings: preset, iterations, steps_per_iteration, scheduler, parent_run_id, ..."""
     return open_study(uri, study).info
-
-
-def best_config(uri: str, study: str, number: int | None = None) -> tuple[Config, int]:
-    """(the Config of the study's best trial as its run logged it, its trial number): the trial chosen on
-    validation at the end of the study (the parent run's `best_trial_number`), or trial `number`, for
-    retraining it elsewhere."""
-    from search_spaces import load_preset
-
-    runs = open_study(uri, study)
-    info = runs.info
-    number = info["best_trial_number"] if number is None else number
-    run = next((r for r in runs.trials if trial_number(r) == number), None)
-    if run is None:
-        raise AnalysisError(f"study {study!r} has no trial {number} on record" if info["best_trial_number"] is not None
-                            or number is not None else f"study {study!r} has no best trial on record (it has not "
-                            f"finished); finish it first: python study/run.py --resume --study-name {study}")
-    fixed = {k.removeprefix("set."): param_value(k.removeprefix("set."), str(v)) for k, v in info.items()
-             if k.startswith("set.")}
-    logged = {k: param_value(k, v) for k, v in run.data.params.items() if k in CONFIG_TYPES}
-    return load_preset(info["preset"]).BASE.replace(**fixed).replace(**logged), number
-
-
-def exported_config(path: str | Path, number: int | None = None) -> tuple[Config, int]:
-    """best_config from a study's trials.parquet (`analysis.export`), for retraining without its stores: trial
-    `number`, or the finished full-fidelity trial with the best last validation log-likelihood (the study's
-    own choice). Fields the trial did not log, as its method does not use them (a VAE's adversary), keep
-    Config's defaults."""
-    if not Path(path).is_file():
-        raise AnalysisError(f"no file {path}; pass the trials.parquet written by python -m analysis.export")
-    try:
-        df = pd.read_parquet(path)
-    except (OSError, ValueError) as err:
-        raise AnalysisError(f"cannot read {path} ({first_line(err)}); pass a trials.parquet written by "
-                            "python -m analysis.export") from None
-    if number is None:
-        done = df[(df["fate"] == Fate.FINISHED.value) & df["full_fidelity"]]
-        if done.empty:
-            raise AnalysisError(f"{path} has no finished full-fidelity trial; name one: {path}#N")
-        number = int(done.loc[done["final_log_likelihood"].idxmax(), "trial_number"])
-    rows = df[df["trial_number"] == number]
-    if rows.empty:
-        raise AnalysisError(f"{path} has no trial {number}")
-    row = rows.iloc[0]
-    values = {k: kind(row[k]) for k, kind in CONFIG_TYPES.items() if k in row.index and not pd.isna(row[k])}
-    return Config().replace(**values), number
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> Path:

@@ -106,7 +106,7 @@ def lrs_for(args: argparse.Namespace, method: str) -> list[float]:
 
 def studies(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict, dict]:
     """--from-study METHOD=STUDY: ({method: the best trial's Config}, {method: (study, trial number)})."""
-    from analysis.export import best_config, exported_config
+    from analysis.configs import best_config, exported_config
     from analysis.stores import AnalysisError, find_stores, store_errors
 
     configs, trials = {}, {}

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.entities import Metric, Param
 
-from analysis import export, figures, importances, report, tables
+from analysis import configs, export, figures, importances, report, tables
 from tests.study_utils import FAST, ROOT, run_study, study_env
 from trainables import tracking
 
@@ -190,7 +190,7 @@ def test_export_from_another_directory_writes_one_row_per_trial(study, tmp_path)
 @pytest.mark.slow
 def test_best_config_is_the_best_trial_as_it_ran(study):
     """What benchmarks/images.py --from-study retrains: the Config of the trial the study chose on validation."""
-    cfg, number = export.best_config(study["uri"], STUDY)
+    cfg, number = configs.best_config(study["uri"], STUDY)
     runs = export.open_study(study["uri"], STUDY)
     assert number == runs.info["best_trial_number"] is not None
     run = next(r for r in runs.trials if export.trial_number(r) == number)
@@ -198,10 +198,10 @@ def test_best_config_is_the_best_trial_as_it_ran(study):
     assert logged and all(getattr(cfg, k) == v for k, v in logged.items())
     assert cfg.hidden == 16 and tracking.method_of(cfg.to_dict()) == run.data.tags[tracking.METHOD]
     other = next(r for r in runs.trials if export.trial_number(r) != number)  # STUDY#N: a given trial
-    cfg_other, n_other = export.best_config(study["uri"], STUDY, export.trial_number(other))
+    cfg_other, n_other = configs.best_config(study["uri"], STUDY, export.trial_number(other))
     assert n_other == export.trial_number(other) and cfg_other.lr == export.param_value("lr", other.data.params["lr"])
     with pytest.raises(export.AnalysisError, match="has no trial 99"):
-        export.best_config(study["uri"], STUDY, 99)
+        configs.best_config(study["uri"], STUDY, 99)
 
 
 @pytest.mark.slow
@@ -215,13 +215,13 @@ def test_exported_config_retrains_without_the_stores(study, tmp_path):
         return (a[1] == b[1] and len(used) >= 10 and all(getattr(a[0], k) == getattr(b[0], k) for k in used)
                 and tracking.method_of(a[0].to_dict()) == tracking.method_of(b[0].to_dict()))
 
-    assert same(export.exported_config(path), export.best_config(study["uri"], STUDY))
-    other = next(n for n in rows.index if n != export.best_config(study["uri"], STUDY)[1])
-    assert same(export.exported_config(path, other), export.best_config(study["uri"], STUDY, other))
+    assert same(configs.exported_config(path), configs.best_config(study["uri"], STUDY))
+    other = next(n for n in rows.index if n != configs.best_config(study["uri"], STUDY)[1])
+    assert same(configs.exported_config(path, other), configs.best_config(study["uri"], STUDY, other))
     with pytest.raises(export.AnalysisError, match="has no trial 99"):
-        export.exported_config(path, 99)
+        configs.exported_config(path, 99)
     with pytest.raises(export.AnalysisError, match="no file .*missing.parquet; pass the trials.parquet"):
-        export.exported_config(tmp_path / "missing.parquet")
+        configs.exported_config(tmp_path / "missing.parquet")
 
 
 def test_export_reads_mlflow_tracking_uri(study, tmp_path, monkeypatch, capsys):
