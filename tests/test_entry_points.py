@@ -74,7 +74,8 @@ def test_folder_with_a_broken_image_is_one_line(tmp_path):
 def test_help_of_every_entry_point_states_defaults(tmp_path):
     for args in (["-m", "avb"], [str(ROOT / "study" / "run.py")], [str(ROOT / "benchmarks" / "speed.py")],
                  [str(ROOT / "benchmarks" / "reproduce_table1.py")], [str(ROOT / "benchmarks" / "posterior.py")],
-                 [str(ROOT / "benchmarks" / "images.py")], [str(ROOT / "benchmarks" / "estimators.py")]):
+                 [str(ROOT / "benchmarks" / "images.py")], [str(ROOT / "benchmarks" / "estimators.py")],
+                 [str(ROOT / "benchmarks" / "ac_schedules.py")]):
         out = run([*args, "--help"], tmp_path)
         assert out.returncode == 0 and "default" in out.stdout, args
 
@@ -97,6 +98,16 @@ def test_reproduction_smoke_run_writes_table_and_pictures(tmp_path):
     doc = (tmp_path / "posterior.md").read_text()
     assert doc.count("loaded ") == 3 and "sampling floor" in doc and "| AVB+AC |" in doc
     assert (tmp_path / "posterior.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_ac_schedules_smoke_prints_each_stage(tmp_path):
+    for schedule, factors in (("decay", ["1", "0.1", "0.1"]), ("authors", ["1"] * 4)):
+        out = run([str(ROOT / "benchmarks" / "ac_schedules.py"), "--smoke", "--schedule", schedule], tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        lines = [line for line in out.stdout.splitlines() if line.startswith("step ")]
+        assert [line.split("(lr x ")[1].split(")")[0] for line in lines] == factors, out.stdout
+        assert all("log p(x) -" in line and "(IS)" in line for line in lines), out.stdout
 
 
 @pytest.mark.slow
