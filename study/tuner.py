@@ -64,8 +64,10 @@ def connect(settings: StudySettings) -> bool:
         existing = on_existing_cluster(settings.address)
         if existing and not settings.address.startswith("ray://"):  # Ray Client checks its own login
             check_ray_login(canonicalize_bootstrap_address(settings.address or None), settings.address)
-        print(f"Ray: joining the cluster at {settings.address or 'this machine'}" if existing else
-              "Ray: starting a local Ray on this machine (--address joins a cluster)", flush=True)
+        joining = (f"joining the cluster at {settings.address}" if settings.address else
+                   "joining the Ray already running on this machine (--address local starts a new one)")
+        print(f"Ray: {joining}" if existing else "Ray: starting a local Ray on this machine (--address joins a "
+              "cluster)", flush=True)
         ray.init(address=settings.address or None, log_to_driver=True, logging_level="WARNING")
     except StudyError:
         raise
