@@ -2,6 +2,7 @@
 
     python benchmarks/ac_schedules.py --seed 1 --schedule decay     # the recipe's 15k steps, then 6k at lr / 10
     python benchmarks/ac_schedules.py --seed 1 --schedule authors   # the authors' toy rates, 2e-5 / 1e-4, 100k
+    python benchmarks/ac_schedules.py --seed 1 --schedule batch512  # decay's, at the toy notebook's batch 512
 
 One run of AVB+AC (the authors' encoder details, benchmarks/reproduce_table1.py's recipe otherwise) on one
 CPU thread, with the importance-sampled log p(x) (100,000 samples per point, as Table 1) printed at each
@@ -28,6 +29,7 @@ from avb.train import Trainer, resolve_device  # noqa: E402
 
 SCHEDULES = {  # name: (config changes, [(until step, learning-rate factor from then on)])
     "decay": ({"steps": 21000}, [(15000, 1.0), (18000, 0.1), (21000, 0.1)]),
+    "batch512": ({"steps": 21000, "batch_size": 512}, [(15000, 1.0), (18000, 0.1), (21000, 0.1)]),  # toy notebook's
     "authors": ({"steps": 100000, "lr": 2e-5, "adv_lr": 1e-4}, [(s, 1.0) for s in (25000, 50000, 75000, 100000)]),
 }
 
