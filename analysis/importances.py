@@ -3,8 +3,9 @@
 Optuna's evaluators read every COMPLETE trial and have no filter of their own, while an early-stopped trial's
 value is a low-fidelity one (the study records those PRUNED, but a study resumed from older records may not).
 So the evaluators run on an in-memory copy holding only the COMPLETE AVB trials whose user attribute
-`full_fidelity` is True. VAE trials (the synthetic space's baseline branch) are left out: they have no
-adversary parameters, and the evaluators only rank parameters every trial has. A field fixed with --set is
+`full_fidelity` is True. Trials of another method than the study's (the synthetic preset's VAE baseline in
+an AVB study) are left out: they have no adversary parameters, and the evaluators only rank parameters every
+trial has. A field fixed with --set is
 never a sampled parameter (the study records it in the user attribute `fixed`), so it is not ranked.
 """
 
@@ -35,7 +36,8 @@ def full_fidelity_study(source: optuna.Study | str, study: str | None = None) ->
     if isinstance(source, str):
         source = load_study(source, study)
     kept = [t for t in source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if t.user_attrs.get("full_fidelity") is True and t.params.get("objective", "avb") == "avb"]
+            if t.user_attrs.get("full_fidelity") is True]
+    kept = of_the_studys_method(kept)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
     try:
@@ -44,6 +46,17 @@ def full_fidelity_study(source: optuna.Study | str, study: str | None = None) ->
         optuna.logging.set_verbosity(verbosity)
     copy.add_trials([widened(t) for t in kept])
     return copy
+
+
+def of_the_studys_method(trials: list) -> list:
+    """The trials that have every parameter the study's own method searches: a baseline of another method (the
+    synthetic preset's VAE in an AVB study) lacks the adversary's, and the evaluators rank only parameters every
+    trial has. The study's method: the parameter set the most trials have (the largest of equally common ones)."""
+    if not trials:
+        return []
+    sets = pd.Series([frozenset(t.params) for t in trials]).value_counts()
+    common = max(sets.index[sets == sets.max()], key=len)
+    return [t for t in trials if common <= set(t.params)]
 
 
 def widened(trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:

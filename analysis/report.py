@@ -14,7 +14,9 @@ report.md holds the best trials (validation split) and the failed ones with thei
 the paper's figures the paper's Table 1 next to the study's best VAE, AVB and AVB+AC; for image presets the
 test-set evaluation (IS and AIS, ± over test images) and the paired difference between the two best methods
 on the same images; hyperparameter importances (Optuna's PED-ANOVA and fANOVA on the COMPLETE
-full-fidelity trials only) and the figures importances.png, learning_curves.png, params.png, capacity.png,
+full-fidelity trials only); the search's anytime curve against random search's expectation on the same
+budget (anytime.py: where recorded curves of the space exist); the figures importances.png, anytime.png,
+learning_curves.png, params.png, capacity.png,
 and the best trial's pictures: latent.png (synthetic set), samples.png, reconstructions.png,
 interpolation.png (image sets). Every bad input is one line on stderr and exit code 2, before anything is
 written; the study's records only gain the report.
@@ -31,6 +33,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from analysis.anytime import anytime_section
 from analysis.export import StudyRuns, history_frame, open_study, trials_frame
 from analysis.figures import (
     PICTURES,
@@ -76,7 +79,7 @@ from analysis.tables import (
 from search_spaces import asha_settings, load_preset
 from trainables import tracking
 
-FIGURES = ("importances.png", "learning_curves.png", "params.png", "capacity.png", *PICTURES)
+FIGURES = ("importances.png", "anytime.png", "learning_curves.png", "params.png", "capacity.png", *PICTURES)
 
 # the names the notebook and older callers use, in one place
 __all__ = ["FIGURES", "METHODS", "best_trial", "best_trials_table", "build_report", "capacity_figure",
@@ -208,6 +211,9 @@ def build_report(runs: StudyRuns, ostudy: optuna.Study, out: Path) -> str:
         figure_md(imp_fig, "importances")))
 
     parts.append(rung_section(trials, history, info))
+    text, fig = anytime_section(trials, history, info, out)
+    if text:
+        parts.append(section("The search against random search", text, figure_md(fig, "anytime")))
     curves = learning_curves_figure(trials, history, out / "learning_curves.png",
                                     reference=reference_lines(info["preset"]))
     parts.append(section("Learning curves", f"`log_likelihood` of the top {TOP_CURVES} trials against the "

@@ -14,6 +14,9 @@ pickled it. `StudySearch` changes exactly that:
   the objective is named (`set_metric_names`);
 - a field fixed with --set is never suggested: the space sees its fixed value
   and the trial records it in the user attribute `fixed`;
+- an enqueued baseline's method fields (objective, encoder, adaptive_contrast:
+  never searched) are its own: the space sees them in its `base`, and the
+  trial's config carries them (a preset's VAE baseline in an AVB study);
 - after a killed driver: a trial Optuna already finished is left alone, and an
   Optuna trial asked for after Tune's last snapshot (RUNNING, unknown to the
   restored searcher) is handed out again instead of asking a new one, so the
@@ -27,6 +30,7 @@ FAIL trials): it sees them as the worst PRUNED trials, in the "bad" group.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import pickle
@@ -41,6 +45,7 @@ from trainables.tracking import TRIAL_NUMBER, Fate
 
 logger = logging.getLogger(__name__)
 NUMBER_KEY = TRIAL_NUMBER  # added to every suggested config: the Optuna trial number, the study's trial number
+METHOD_FIELDS = ("objective", "encoder", "adaptive_contrast")  # a study's method: BASE's, --set's or a baseline's
 
 
 class FixedFields:
@@ -94,10 +99,18 @@ class StudySearch(OptunaSearch):
     # ------------------------------------------------------------------ asking
     def _suggest_from_define_by_run_func(self, func, ot_trial) -> dict:
         proxy = FixedFields(ot_trial, self.fixed)
+        method = self._baseline_method(ot_trial)
+        if method and isinstance(func, functools.partial) and "base" in func.keywords:
+            func = functools.partial(func, base=func.keywords["base"].replace(**method))
         config = super()._suggest_from_define_by_run_func(func, proxy)
         if proxy.used:
             ot_trial.set_user_attr("fixed", proxy.used)
-        return config
+        return {**config, **method}
+
+    def _baseline_method(self, ot_trial) -> dict:
+        """The method fields an enqueued baseline sets (none for a trial the sampler draws)."""
+        enqueued = self._ot_study._storage.get_trial(ot_trial._trial_id).system_attrs.get("fixed_params", {})
+        return {k: enqueued[k] for k in METHOD_FIELDS if k in enqueued and k not in self.fixed}
 
     def _orphan(self) -> FrozenTrial | None:
         """An Optuna trial RUNNING in storage but known to no Tune trial of this searcher."""
@@ -127,7 +140,8 @@ class StudySearch(OptunaSearch):
         retried = {t.user_attrs.get("retry_of") for t in trials}
         crashed = [t for t in trials if t.user_attrs.get("fate") == Fate.CRASHED.value and t.number not in retried]
         for t in crashed:
-            self._ot_study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            method = {k: v for k, v in t.system_attrs.get("fixed_params", {}).items() if k in METHOD_FIELDS}
+            self._ot_study.enqueue_trial({**method, **t.params}, user_attrs={"retry_of": t.number})
         return [t.number for t in crashed]
 
     # ------------------------------------------------------------------ telling

@@ -13,7 +13,7 @@ import yaml
 from search_spaces import asha_settings, load_preset
 from study.credentials import check_ray_login
 from study.recorder import Recorder
-from study.searcher import SAMPLERS, StudySearch
+from study.searcher import METHOD_FIELDS, SAMPLERS, StudySearch
 from study.settings import StudyError, StudySettings, masked
 
 METRIC, MODE = "log_likelihood", "max"  # validation log p(x): what ASHA, Optuna and the checkpoints rank by
@@ -198,15 +198,24 @@ def check_resources(settings: StudySettings, on_cluster: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- Tune
-def make_searcher(settings: StudySettings, links: dict | None = None) -> StudySearch:
+def make_searcher(settings: StudySettings, links: dict | None = None, *, sampler=None, storage=None) -> StudySearch:
+    """The study's searcher; `sampler` and `storage` replace --sampler's and --optuna-storage's (the search
+    replay benchmark: a sampler variant, in memory)."""
     preset = load_preset(settings.preset)
-    baselines = preset.BASELINES[: settings.num_trials] if settings.baselines else None  # none left queued
+    baselines = study_baselines(preset.BASELINES, settings.overrides)[: settings.num_trials] if settings.baselines \
+        else None  # none left queued
     return StudySearch(
         functools.partial(preset.space, base=settings.base_config()), metric=METRIC, mode=MODE,
         points_to_evaluate=baselines or None,
-        sampler=SAMPLERS[settings.sampler](seed=settings.seed), study_name=settings.study_name,
-        storage=optuna.storages.RDBStorage(settings.optuna_storage), full_iterations=settings.iterations,
+        sampler=sampler or SAMPLERS[settings.sampler](seed=settings.seed), study_name=settings.study_name,
+        storage=storage or optuna.storages.RDBStorage(settings.optuna_storage), full_iterations=settings.iterations,
         fixed=settings.overrides, links=links)
+
+
+def study_baselines(baselines: list[dict], fixed: dict) -> list[dict]:
+    """The preset's baselines this study can run: not one of another method than --set fixes (a preset's VAE
+    baseline in an AVB+AC study, `--set encoder=basis`)."""
+    return [b for b in baselines if all(b[k] == fixed[k] for k in METHOD_FIELDS if k in b and k in fixed)]
 
 
 def make_scheduler(settings: StudySettings):

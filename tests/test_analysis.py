@@ -33,8 +33,8 @@ from trainables import tracking
 STUDY = "analysed"
 # FAST's --set fields
 FIXED = ("adv_hidden", "adv_inner", "batch_size", "eval_kl_samples", "eval_points", "eval_samples", "hidden")
-SEARCHED = ("adv_depth", "lr", "adv_lr", "adv_steps", "beta1", "adaptive_contrast")  # AVB's, less the fixed ones
-FIGURES = ("importances.png", "learning_curves.png", "params.png", "capacity.png", "latent.png")
+SEARCHED = ("adv_depth", "lr", "adv_lr", "adv_steps", "beta1")  # AVB's less the fixed ones (no method)
+FIGURES = ("importances.png", "anytime.png", "learning_curves.png", "params.png", "capacity.png", "latent.png")
 STORE_ENV = ("MLFLOW_TRACKING_URI", "AVB_OPTUNA_STORAGE", "AVB_RESULTS_DIR", "AVB_STUDY", "AVB_OUT")
 
 

@@ -83,13 +83,13 @@ def test_config_carries_the_optuna_trial_number():
 
 
 def test_fixed_fields_are_recorded_as_fixed_never_as_sampled():
-    s = searcher(fixed={"adv_hidden": 8, "objective": "avb"})
+    s = searcher(fixed={"adv_hidden": 8, "beta1": 0.9})
     configs = [s.suggest(f"t{i}") for i in range(6)]
-    assert all(c["adv_hidden"] == 8 and c["objective"] == "avb" for c in configs)  # what the trial runs
+    assert all(c["adv_hidden"] == 8 and c["beta1"] == 0.9 for c in configs)  # what the trial runs
     for t in s._ot_study.trials:
-        assert "adv_hidden" not in t.params and "objective" not in t.params  # never a sampled value
+        assert "adv_hidden" not in t.params and "beta1" not in t.params  # never a sampled value
         assert "adv_hidden" not in t.distributions
-        assert t.user_attrs["fixed"] == {"adv_hidden": 8, "objective": "avb"}
+        assert t.user_attrs["fixed"] == {"adv_hidden": 8, "beta1": 0.9}
     assert len({c["lr"] for c in configs}) > 1  # the rest is still searched
 
 
@@ -204,7 +204,7 @@ def test_a_vae_study_of_the_mnist_mlp_preset_searches_no_adversary():
 
 
 def test_baselines_are_labelled_and_the_study_points_to_its_mlflow_records():
-    baseline = {"objective": "vae", "lr": 5e-4}
+    baseline = {"objective": "vae", "encoder": "gaussian", "lr": 5e-4}
     s = StudySearch(preset_space(), metric="log_likelihood", mode="max", points_to_evaluate=[baseline],
                     sampler=optuna.samplers.RandomSampler(seed=0), study_name="linked",
                     storage=optuna.storages.InMemoryStorage(), full_iterations=2,
@@ -214,6 +214,33 @@ def test_baselines_are_labelled_and_the_study_points_to_its_mlflow_records():
     assert study.user_attrs == {"mlflow_experiment_id": "7", "mlflow_parent_run_id": "abc"}
     labels = {t.user_attrs["tune_trial_id"]: t.user_attrs.get("baseline", False) for t in study.trials}
     assert labels == {"first": True, "second": False}
+
+
+ADVERSARY = {"adv_hidden", "adv_depth", "adv_inner", "adv_lr", "adv_steps"}
+
+
+def test_the_synthetic_space_searches_one_method_and_its_vae_baseline_stays_a_vae():
+    """The method is not searched (docs/search.md): drawn trials are AVB's; the preset's VAE baseline is a VAE
+    with no adversary, and a retry of it is a VAE again."""
+    from study.tuner import study_baselines
+
+    baselines = load_preset("synthetic").BASELINES
+    s = StudySearch(preset_space(), metric="log_likelihood", mode="max", points_to_evaluate=baselines,
+                    sampler=optuna.samplers.RandomSampler(seed=0), study_name="methods",
+                    storage=optuna.storages.InMemoryStorage(), full_iterations=2)
+    configs = [s.suggest(f"t{i}") for i in range(8)]
+    vae = configs[1]
+    assert vae["objective"] == "vae" and vae["encoder"] == "gaussian" and not ADVERSARY & set(vae)
+    assert vae["lr"] == 5e-4
+    assert all(c.get("objective", "avb") == "avb" and ADVERSARY <= set(c) for i, c in enumerate(configs) if i != 1)
+    assert all(1e-4 <= c["lr"] <= 3e-3 for c in configs[3:])  # drawn from the prior, not a baseline
+    s.on_trial_complete("t1", None, error=True)
+    s.enqueue_retries()
+    assert s.suggest("retry")["objective"] == "vae"
+    # an AVB+AC study (--set encoder=basis) cannot run the VAE baseline: it is left out, the others stay
+    kept = study_baselines(baselines, {"encoder": "basis", "adaptive_contrast": True})
+    assert kept == [baselines[0], baselines[2]]
+    assert study_baselines(baselines, {"objective": "vae", "encoder": "gaussian"}) == [baselines[1]]
 
 
 def test_a_resume_in_a_copied_folder_says_whose_stores_it_writes(tmp_path):
