@@ -44,7 +44,7 @@ def full_fidelity_study(source: optuna.Study | str, study: str | None = None) ->
         copy = optuna.create_study(direction=source.direction, study_name=f"{source.study_name} (full fidelity)")
     finally:
         optuna.logging.set_verbosity(verbosity)
-    copy.add_trials([widened(t) for t in kept])
+    copy.add_trials(widened(kept))
     return copy
 
 
@@ -59,18 +59,20 @@ def of_the_studys_method(trials: list) -> list:
     return [t for t in trials if common <= set(t.params)]
 
 
-def widened(trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
-    """The trial with each numeric distribution widened to hold its value: an enqueued baseline may lie outside
-    the searched range (the authors' lr 5e-5 under a prior from 1e-4), which Optuna refuses to copy."""
-    dists = dict(trial.distributions)
-    for name, dist in dists.items():
-        value = trial.params[name]
-        if isinstance(dist, optuna.distributions.FloatDistribution | optuna.distributions.IntDistribution) and \
-                not dist.low <= value <= dist.high:
-            dists[name] = type(dist)(min(dist.low, value), max(dist.high, value), log=dist.log, step=dist.step)
-    return optuna.trial.create_trial(params=trial.params, distributions=dists, value=trial.value,
-                                     user_attrs=trial.user_attrs, intermediate_values=trial.intermediate_values,
-                                     state=trial.state)
+def widened(trials: list) -> list:
+    """The trials with each numeric distribution widened to hold every trial's value, the same for all: an
+    enqueued baseline may lie outside the searched range (the paper's lr 2e-5 under a prior from 1e-4), which
+    Optuna refuses to copy, and a parameter whose distribution differs between trials is not ranked."""
+    common: dict = {}
+    for t in trials:
+        for name, dist in t.distributions.items():
+            value, have = t.params[name], common.get(name, dist)
+            if isinstance(have, optuna.distributions.FloatDistribution | optuna.distributions.IntDistribution):
+                have = type(have)(min(have.low, value), max(have.high, value), log=have.log, step=have.step)
+            common[name] = have
+    return [optuna.trial.create_trial(params=t.params, distributions={k: common[k] for k in t.distributions},
+                                      value=t.value, user_attrs=t.user_attrs,
+                                      intermediate_values=t.intermediate_values, state=t.state) for t in trials]
 
 
 def importances(source: optuna.Study | str, study: str | None = None) -> tuple[dict[str, dict[str, float]], list[str]]:

@@ -15,8 +15,9 @@ pickled it. `StudySearch` changes exactly that:
 - a field fixed with --set is never suggested: the space sees its fixed value
   and the trial records it in the user attribute `fixed`;
 - an enqueued baseline's method fields (objective, encoder, adaptive_contrast:
-  never searched) are its own: the space sees them in its `base`, and the
-  trial's config carries them (a preset's VAE baseline in an AVB study);
+  never searched) are its own: the space sees them in its `base`, the
+  trial's config carries them and its user attribute `method` records them
+  (a preset's VAE baseline in an AVB study);
 - after a killed driver: a trial Optuna already finished is left alone, and an
   Optuna trial asked for after Tune's last snapshot (RUNNING, unknown to the
   restored searcher) is handed out again instead of asking a new one, so the
@@ -105,6 +106,8 @@ class StudySearch(OptunaSearch):
         config = super()._suggest_from_define_by_run_func(func, proxy)
         if proxy.used:
             ot_trial.set_user_attr("fixed", proxy.used)
+        if method:
+            ot_trial.set_user_attr("method", method)
         return {**config, **method}
 
     def _baseline_method(self, ot_trial) -> dict:

@@ -6,6 +6,7 @@ small study written here straight into MLflow and Optuna (`fake`: an image prese
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -268,6 +269,28 @@ def test_report_has_its_tables_and_every_figure(reported):
         assert f"| {name} |" in importance_section, name
     for name in FIXED:  # fixed with --set: never sampled, never ranked
         assert f"| {name} |" not in importance_section, name
+
+
+def test_a_baseline_outside_the_prior_is_ranked_with_the_rest():
+    """The paper's lr 2e-5 lies under the synthetic prior (1e-4 to 3e-3): the copy widens lr's range for every
+    trial alike, so Optuna still ranks lr (it ranks only parameters with one distribution in all trials)."""
+    import optuna
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({"lr": 2e-5, "beta1": 0.5})  # as the study enqueues the paper's setting
+    for _ in range(24):
+        trial = study.ask()
+        with pytest.warns(UserWarning, match="out of range") if trial.number == 0 else contextlib.nullcontext():
+            lr = trial.suggest_float("lr", 1e-4, 3e-3, log=True)
+        trial.suggest_categorical("beta1", [0.0, 0.5, 0.9])
+        trial.set_user_attr("full_fidelity", True)
+        study.tell(trial, -abs(np.log10(lr) + 3))
+    assert study.trials[0].params["lr"] == 2e-5
+    copy = importances.full_fidelity_study(study)
+    assert len(copy.trials) == 24 and len({repr(t.distributions["lr"]) for t in copy.trials}) == 1
+    fanova = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    ranked = optuna.importance.get_param_importances(copy, evaluator=fanova)
+    assert set(ranked) == {"lr", "beta1"} and ranked["lr"] > ranked["beta1"]
 
 
 @pytest.mark.slow

@@ -232,6 +232,8 @@ def test_the_synthetic_space_searches_one_method_and_its_vae_baseline_stays_a_va
     vae = configs[1]
     assert vae["objective"] == "vae" and vae["encoder"] == "gaussian" and not ADVERSARY & set(vae)
     assert vae["lr"] == 5e-4
+    recorded = {t.user_attrs["tune_trial_id"]: t.user_attrs.get("method") for t in s._ot_study.trials}
+    assert recorded["t1"] == {"objective": "vae", "encoder": "gaussian"} and recorded["t5"] is None
     assert all(c.get("objective", "avb") == "avb" and ADVERSARY <= set(c) for i, c in enumerate(configs) if i != 1)
     assert all(1e-4 <= c["lr"] <= 3e-3 for c in configs[3:])  # drawn from the prior, not a baseline
     s.on_trial_complete("t1", None, error=True)

@@ -76,8 +76,9 @@ def test_clean_study_leaves_exact_records(tmp_path):
     assert study.metric_names == ["log_likelihood"]
     assert all(sorted(t.intermediate_values) == [1, 2] for t in study.trials)  # the last iteration included
     assert study.trials[0].params["lr"] == 2e-5  # the paper's setting is the first trial
+    assert [t.user_attrs.get("method", {}).get("objective") for t in study.trials] == ["avb", "vae", "avb", None]
     assert all(t.user_attrs["fixed"] == {"adv_hidden": 16, "adv_inner": 8} for t in study.trials
-               if t.params["objective"] == "avb")
+               if "adv_lr" in t.params)  # the VAE baseline has no adversary to fix
     assert all("adv_hidden" not in t.params for t in study.trials)
 
 
