@@ -104,9 +104,9 @@ def make_model(kind: str, seed: int = 0):
     from sklearn.preprocessing import StandardScaler
 
     if kind == "extra_trees":
-        return ExtraTreesRegressor(n_estimators=300, min_samples_leaf=2, random_state=seed)
+        return ExtraTreesRegressor(n_estimators=100, min_samples_leaf=2, random_state=seed)
     if kind == "random_forest":
-        return RandomForestRegressor(n_estimators=300, min_samples_leaf=2, random_state=seed)
+        return RandomForestRegressor(n_estimators=100, min_samples_leaf=2, random_state=seed)
     if kind == "knn":
         return make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=5, weights="distance"))
     if kind == "gp":
