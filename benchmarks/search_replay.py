@@ -9,9 +9,9 @@ configures them, through the study's Tune searcher) and `study.tuner.make_schedu
 object), driven as Tune drives them: `suggest` when a slot frees, then per iteration the scheduler's decision,
 `on_trial_result`, and `on_trial_complete` at the end. Only the training is replaced: a trial's log p(x)
 after each iteration is the surrogate's (benchmarks/surrogate.py, fitted on real curves the study recorded)
-plus noise (--noise: by default the deviation of a recorded curve, drawn at random, from its held-out
-prediction, so curves wobble and cross as real ones do; or Gaussian noise of that many nats per
-iteration), and an iteration takes the surrogate's seconds for that configuration
+plus Gaussian noise of --noise nats per iteration (default 0.004: the spread of one configuration's final
+value between two real studies, docs/search.md), and an iteration takes the surrogate's seconds for that
+configuration
 (x0.9-1.1), so at concurrency 8 or 32 trials end out of order and the sampler proposes while others run.
 
 Per seed and strategy, the anytime curve is the best full-fidelity value (a trial that ran all 8 iterations)
@@ -77,7 +77,7 @@ def make_sampler(name: str, seed: int, extra: dict):
     return SAMPLERS[name](seed=seed, **extra)
 
 
-def replay(strategy: str, seed: int, concurrency: int, cap: int, surrogate: Surrogate, noise: str | float) -> dict:
+def replay(strategy: str, seed: int, concurrency: int, cap: int, surrogate: Surrogate, noise: float) -> dict:
     """One search of `cap` trial-iterations: its trace, [(trial-iterations spent, best full-fidelity value so
     far)] at each new best, the fates the searcher recorded in Optuna ({fate: trials}) and the iterations at
     which ASHA stopped trials ({iteration: trials})."""
@@ -108,9 +108,7 @@ def replay(strategy: str, seed: int, concurrency: int, cap: int, surrogate: Surr
         config = searcher.suggest(trial_id)
         params = {k: v for k, v in config.items() if k in surrogate.params}
         pred = surrogate.predict(params)[0]
-        wobble = surrogate.residuals[rng.integers(len(surrogate.residuals))] if noise == "residual" \
-            else rng.normal(0.0, float(noise), ITERATIONS)
-        sim = Sim(trial_id, pred[:ITERATIONS] + wobble, pred[ITERATIONS])
+        sim = Sim(trial_id, pred[:ITERATIONS] + rng.normal(0.0, noise, ITERATIONS), pred[ITERATIONS])
         if scheduler:
             scheduler.on_trial_add(None, sim)
         heapq.heappush(events, (now + sim.seconds * rng.uniform(0.9, 1.1), next(order), sim))
@@ -187,12 +185,6 @@ def analyse(traces: dict, budgets: list[int], concurrencies: list[int], strategi
     return cells
 
 
-def noise_text(noise: str) -> str:
-    if noise == "residual":
-        return "a recorded curve's deviation from its held-out prediction, drawn at random per trial"
-    return f"Gaussian, {noise} nats per iteration"
-
-
 def fmt_ratio(r: tuple) -> str:
     point, lo, hi = r
     show = lambda x: "∞" if math.isinf(x) else "—" if math.isnan(x) else f"{x:.2f}"  # noqa: E731
@@ -202,7 +194,7 @@ def fmt_ratio(r: tuple) -> str:
 def render(data: dict) -> str:
     cells, a = data["cells"], data["args"]
     lines = [f"Measured {data['when']} (`{data['command']}`): {a['seeds']} seeds, surrogate {data['surrogate']} "
-             f"fitted on {data['trials']} recorded trials, noise: {noise_text(a['noise'])}.", ""]
+             f"fitted on {data['trials']} recorded trials, Gaussian noise of {a['noise']} nats per iteration.", ""]
     key, needed = "256/8", {"tpe_asha", "random_asha", "random"}
     if data.get("block", "replay") == "replay" and key in cells and needed <= set(cells[key]["strategies"]):
         d = cells[key]["strategies"]["tpe_asha"]
@@ -239,6 +231,8 @@ def plot(traces: dict, args, path: Path) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # no seed finished a trial yet
                 lo, mid, hi = np.nanpercentile(curves, [25, 50, 75], axis=0)
+            few = np.isnan(curves).mean(axis=0) > 0.5  # drawn once most seeds have a full-fidelity trial
+            lo[few], mid[few], hi[few] = np.nan, np.nan, np.nan
             ax.plot(grid, mid, label=LABELS[s])
             ax.fill_between(grid, lo, hi, alpha=0.15)
         for b in args.budget_list:
@@ -246,7 +240,8 @@ def plot(traces: dict, args, path: Path) -> None:
         ax.set(xscale="log", xlabel="trial-iterations spent", title=f"concurrency {c}")
     axes[0][0].set_ylabel("best full-fidelity log p(x) (validation)")
     axes[0][-1].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"Replayed searches on the synthetic space ({args.seeds} seeds; line: median, band: quartiles)")
+    fig.suptitle(f"Replayed searches, synthetic space: {args.seeds} seeds (line: median, band: quartiles)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -275,8 +270,8 @@ def parse(argv):
     p.add_argument("--budgets", default="64,256,1024")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"of {', '.join(STRATEGIES)}")
-    p.add_argument("--noise", default="residual", help="'residual' (a recorded curve's deviation from its held-out "
-                   "prediction) or nats of Gaussian noise per iteration, e.g. 0.004 (default: %(default)s)")
+    p.add_argument("--noise", type=float, default=0.004, help="nats of Gaussian noise per iteration (default: "
+                   "%(default)s, the spread of one configuration's final value between two real studies)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--doc", type=Path, default=DOC)
     p.add_argument("--block", default="replay", help="the marked block of --doc to write (default: %(default)s)")
@@ -291,11 +286,6 @@ def parse(argv):
     args.budget_list = [int(b) for b in args.budgets.split(",")]
     args.concurrency_list = [int(c) for c in args.concurrency.split(",")]
     args.strategy_list = args.strategies.split(",")
-    if args.noise != "residual":
-        try:
-            float(args.noise)
-        except ValueError:
-            p.error(f"--noise {args.noise!r}: expected 'residual' or a number of nats, e.g. 0.004")
     unknown = [s for s in args.strategy_list if s not in STRATEGIES]
     if unknown or "random" not in args.strategy_list:
         p.error(f"--strategies: unknown {unknown}; known: {', '.join(STRATEGIES)} (random is needed: it sets "

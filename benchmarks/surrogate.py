@@ -126,15 +126,6 @@ class Surrogate:
         self.kind, self.n, self.params = kind, len(curves), tuple(PARAMS)
         self.model = make_model(kind, seed).fit(features(curves), targets(curves))
         self.floor = float(curves[LL].to_numpy().min())
-        self._curves, self._seed, self._residuals = curves, seed, None
-
-    @property
-    def residuals(self) -> np.ndarray:
-        """(n, 8): each recorded curve minus its held-out (5-fold) prediction: how real curves wobble."""
-        if self._residuals is None:
-            pred = out_of_fold(self._curves, self.kind, seed=self._seed)
-            self._residuals = self._curves[LL].to_numpy(float) - pred[:, :ITERATIONS]
-        return self._residuals
 
     def predict(self, params: dict | pd.DataFrame) -> np.ndarray:
         """(n, 9): log p(x) after iterations 1..8, then seconds per iteration."""

@@ -76,9 +76,8 @@ def test_replay_drives_the_studys_asha_and_sampler():
     budgets = [s for s, _ in asha["trace"]]
     assert budgets == sorted(budgets) and all(b <= 160 for b in budgets)
     assert [v for _, v in asha["trace"]] == sorted(v for _, v in asha["trace"])  # the best so far only rises
-    tpe = search_replay.replay("tpe_asha", 3, 8, 120, model, "residual")
-    assert tpe == search_replay.replay("tpe_asha", 3, 8, 120, model, "residual")
-    assert model.residuals.shape == (60, 8) and np.abs(model.residuals).max() > 0
+    tpe = search_replay.replay("tpe_asha", 3, 8, 120, model, 0.004)
+    assert tpe == search_replay.replay("tpe_asha", 3, 8, 120, model, 0.004)
 
 
 def test_ratios_are_medians_over_seeds_with_an_interval():
@@ -103,7 +102,7 @@ def test_smoke_run_and_bad_strategy(tmp_path):
     bad = run("--strategies", "tpe_asha,simulated_annealing", "--curves", str(curves))
     assert bad.returncode == 2 and "simulated_annealing" in bad.stderr and "known:" in bad.stderr
     bad = run("--noise", "loud", "--curves", str(curves))
-    assert bad.returncode == 2 and "--noise 'loud'" in bad.stderr
+    assert bad.returncode == 2 and "--noise" in bad.stderr
     check = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "surrogate.py"), "check", "--curves",
                             str(curves), "--models", "extra_trees,knn"], capture_output=True, text=True, timeout=300)
     assert check.returncode == 0 and "| extra_trees |" in check.stdout and "| knn |" in check.stdout, check.stderr
