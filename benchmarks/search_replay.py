@@ -265,7 +265,8 @@ def _surrogate(path: str, kind: str) -> Surrogate:
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--curves", type=Path, default=CURVES, help="recorded curves (default: %(default)s)")
-    p.add_argument("--surrogate", default="extra_trees", help="surrogate model (benchmarks/surrogate.py check)")
+    p.add_argument("--surrogate", default="extra_trees", help="surrogate model (default: %(default)s, bounded by the "
+                   "recorded values; benchmarks/surrogate.py)")
     p.add_argument("--seeds", type=int, default=21, help="(default: %(default)s; odd, so a median is a seed's)")
     p.add_argument("--budgets", default="64,256,1024")
     p.add_argument("--concurrency", default="1,8,32")

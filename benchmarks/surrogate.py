@@ -11,8 +11,11 @@ small CSV (benchmarks/data/synthetic_curves.csv, one row per trial):
 
 The surrogate maps a configuration to its validation log p(x) after each iteration and to its seconds per
 iteration: scikit-learn regressors on the searched values (log scales where the prior is log-uniform),
-chosen by the held-out check: 5-fold cross-validation over the recorded trials, the rank correlation
-(Spearman) of predicted and recorded final values, and at the first ASHA rung (iteration 2).
+judged by the held-out check: 5-fold cross-validation over the recorded trials, the rank correlation
+(Spearman) of predicted and recorded final values, and at the first ASHA rung (iteration 2). The replay
+uses extra trees: a tree's prediction is an average of recorded values, so a sampler cannot find a
+region the surrogate extrapolates to better than any recorded trial (the Gaussian process ranks held-out
+trials better, but TPE found configurations it predicted at -1.33, above the optimum -log 4 = -1.386).
 """
 
 from __future__ import annotations
