@@ -75,7 +75,7 @@ def test_help_of_every_entry_point_states_defaults(tmp_path):
     for args in (["-m", "avb"], [str(ROOT / "study" / "run.py")], [str(ROOT / "benchmarks" / "speed.py")],
                  [str(ROOT / "benchmarks" / "reproduce_table1.py")], [str(ROOT / "benchmarks" / "posterior.py")],
                  [str(ROOT / "benchmarks" / "images.py")], [str(ROOT / "benchmarks" / "estimators.py")],
-                 [str(ROOT / "benchmarks" / "ac_schedules.py")]):
+                 [str(ROOT / "benchmarks" / "ac_schedules.py")], [str(ROOT / "benchmarks" / "search_replay.py")]):
         out = run([*args, "--help"], tmp_path)
         assert out.returncode == 0 and "default" in out.stdout, args
 
