@@ -63,7 +63,7 @@ def anytime_figure(curve: pd.DataFrame, expected: np.ndarray | None, path: Path,
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.step(curve["spent"], curve["best"], where="post", label="this study")
     if expected is not None:
-        ax.plot(curve["spent"], expected, "--", color="grey",
+        ax.step(curve["spent"], expected, "--", where="post", color="grey",
                 label=f"random search, expected ({n_recorded} recorded curves)")
     ax.set(xlabel="trial-iterations spent", ylabel="best full-fidelity log p(x) (validation)",
            title="The search against random search on the same budget")
