@@ -17,7 +17,8 @@ steps 1-2 (3 costs 3x the adversary's time; not measured better). Until 2026-12-
 branched VAE / AVB / AVB+AC: 43% of random draws were VAEs, which cannot reach -1.43.
 
 Expected: the best trial reaches log p(x) of about -1.40 to -1.42 (the paper's AVB: -1.462, the
-optimum: -log 4 = -1.386) in about 16 minutes on 2 CPU cores.
+optimum: -log 4 = -1.386); 8 trials took about 16 minutes on 2 CPU cores with the earlier space (its
+AVB+AC trials were the slow ones; not re-measured since).
 """
 
 from avb.config import Config
