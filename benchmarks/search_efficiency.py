@@ -38,19 +38,28 @@ import datetime
 import json
 import math
 import os
-import re
 import shlex
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_PY = ROOT / "study" / "run.py"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.study_records import (  # noqa: E402
+    StudyRun,
+    anytime_curve,
+    budget_to_target,
+    fates_at_budget,
+    finished_methods,
+    median_budget,
+    read_trials,
+    run_study,
+    sqlite,
+)
+from benchmarks.surrogate import write_block  # noqa: E402
+from benchmarks.tune_cost import render_overhead, render_packing, run_overhead, run_packing  # noqa: E402
 
 STRATEGIES = {  # name: (label, study flags)
     "tpe_asha": ("TPE + ASHA (default)", ["--sampler", "tpe", "--scheduler", "asha"]),
@@ -61,188 +70,6 @@ DEFAULT_SET = ["hidden=128", "batch_size=128"]  # encoder/decoder 128 units (the
 SMOKE_SET = ["hidden=16", "adv_hidden=16", "adv_inner=8", "batch_size=32", "eval_samples=1000",
              "eval_kl_samples=500"]
 OPTIMUM = -math.log(4)  # the synthetic set's best possible log p(x)
-STORE_ENV = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AVB_OPTUNA_STORAGE", "AVB_DATA_ROOT")
-
-
-# ----------------------------------------------------------------------------- running a study
-def study_env() -> dict:
-    """Each study on a Ray of its own (RAY_ADDRESS=local): never one that happens to run on this machine."""
-    env = {k: v for k, v in os.environ.items() if k not in STORE_ENV}
-    return env | {"PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0",
-                  "RAY_ADDRESS": "local"}
-
-
-def load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-@dataclass
-class StudyRun:
-    name: str
-    args: list[str]
-    returncode: int = 0
-    wall_s: float = 0.0
-    stopped_at_budget: bool = False
-    load_before: list = field(default_factory=list)
-    load_after: list = field(default_factory=list)
-    note: str = ""
-
-
-def sqlite(path: Path) -> str:
-    return f"sqlite:///{path}"
-
-
-def spent_so_far(db: Path, study: str) -> int:
-    """Trial-iterations a running study has logged so far: its `log_likelihood` values in the MLflow SQLite file,
-    + 1 per diverged trial. Read-only SQL, not an MlflowClient: a client opening a store the study is still
-    creating would race it for the schema."""
-    import sqlite3
-
-    runs = ("SELECT r.run_uuid FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
-            "WHERE e.name = ?")
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as con:
-            logged = con.execute(f"SELECT COUNT(*) FROM metrics WHERE key = 'log_likelihood' AND run_uuid IN ({runs})",
-                                 (study,)).fetchone()[0]
-            diverged = con.execute(f"SELECT COUNT(*) FROM tags WHERE key = 'fate' AND value = 'diverged' AND "
-                                   f"run_uuid IN ({runs})", (study,)).fetchone()[0]
-    except sqlite3.Error:  # not created yet, or locked: ask again later
-        return 0
-    return logged + diverged
-
-
-def run_study(name: str, flags: list[str], results: Path, *, budget: int | None = None, log: Path | None = None,
-              timeout: float = 4 * 3600) -> StudyRun:
-    """`python study/run.py` in a subprocess with its stores under `results`; with `budget`, the study is
-    stopped (SIGTERM: Tune's graceful stop) as soon as that many trial-iterations are logged."""
-    args = ["--results-dir", str(results), "--study-name", name, "--final-ais", "0", "--address", "local", *flags]
-    record = StudyRun(name, args, load_before=load())
-    log_file = open(log or os.devnull, "w")  # noqa: SIM115 (closed below)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(RUN_PY), *args], cwd=ROOT, env=study_env(), stdout=log_file,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        while proc.poll() is None:
-            time.sleep(3)
-            if time.perf_counter() - t0 > timeout:
-                raise TimeoutError(f"study {name} ran longer than {timeout:.0f} s")
-            if budget and proc.poll() is None and (results / "mlflow.db").exists():
-                if spent_so_far(results / "mlflow.db", name) >= budget:
-                    record.stopped_at_budget = True
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=600)
-                    except subprocess.TimeoutExpired:  # the records up to the budget are written already
-                        proc.kill()
-                        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log_file.close()
-    record.returncode, record.wall_s = proc.returncode, round(time.perf_counter() - t0, 1)
-    record.load_after = load()
-    if record.returncode != 0 and not record.stopped_at_budget:
-        tail = Path(log).read_text()[-3000:] if log else ""
-        raise RuntimeError(f"study {name} exited with {record.returncode}:\n{tail}")
-    return record
-
-
-# ----------------------------------------------------------------------------- reading the records back
-@dataclass
-class Trial:
-    number: int
-    fate: str  # from the MLflow tag (finished, stopped_early, diverged, interrupted, ...)
-    events: list  # (timestamp ms, iteration, log_likelihood or None for the iteration that diverged)
-    method: str = ""
-    optuna_state: str = ""
-    optuna_value: float | None = None
-
-
-def read_trials(tracking_uri: str, optuna_storage: str, study: str, steps_per_iteration: int) -> list[Trial]:
-    """Every trial of a study from MLflow (per-iteration values and their timestamps, fate tags) checked
-    against Optuna (state, value, user attributes `fate` and `iterations`)."""
-    import mlflow
-    import optuna
-
-    from trainables import tracking
-
-    client = mlflow.MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(study)
-    parent = tracking.find_study_run(client, exp.experiment_id)
-    trials = {}
-    for run in tracking.trial_runs(client, exp.experiment_id, parent.info.run_id):
-        number = int(run.data.tags[tracking.TRIAL_NUMBER])
-        history = client.get_metric_history(run.info.run_id, "log_likelihood")
-        events = sorted((m.timestamp, m.step // steps_per_iteration, m.value) for m in history)
-        fate = run.data.tags.get(tracking.FATE, "")
-        if fate == "diverged":
-            last = events[-1][1] if events else 0
-            events.append((run.info.end_time or (events[-1][0] if events else run.info.start_time), last + 1, None))
-        trials[number] = Trial(number, fate, events, run.data.tags.get(tracking.METHOD, ""))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for t in optuna.load_study(study_name=study, storage=optuna_storage).get_trials(deepcopy=False):
-        if t.number not in trials:
-            continue  # asked for, never started (the study was stopped at the budget)
-        trial = trials[t.number]
-        trial.optuna_state, trial.optuna_value = t.state.name, t.value
-        if t.state.name == "COMPLETE":  # the two stores agree on every full-fidelity value
-            final = [v for _, _, v in trial.events if v is not None][-1]
-            assert abs(final - t.value) < 1e-9, (study, t.number, final, t.value)
-        if "iterations" in t.user_attrs and trial.fate != "interrupted":
-            assert t.user_attrs["iterations"] == len(trial.events), (study, t.number, t.user_attrs, trial.events)
-    return sorted(trials.values(), key=lambda t: t.number)
-
-
-def anytime_curve(trials: list[Trial], iterations: int, budget: int) -> list[float]:
-    """best[b-1] = the best full-fidelity log-likelihood once b trial-iterations were spent (-inf: none yet).
-    Iterations are ordered by when they were logged; a trial's value counts once its last iteration is."""
-    best, curve = -math.inf, []
-    for _, _, it, value in ordered_events(trials)[:budget]:
-        if value is not None and it >= iterations and math.isfinite(value):
-            best = max(best, value)
-        curve.append(best)
-    return curve
-
-
-def budget_to_target(curve: list[float], target: float) -> int | None:
-    return next((b + 1 for b, value in enumerate(curve) if value >= target), None)
-
-
-def ordered_events(trials: list[Trial]) -> list[tuple]:
-    """Every trial-iteration of a study as (timestamp ms, trial number, iteration, value), in logged order."""
-    return sorted((ts, t.number, it, value) for t in trials for ts, it, value in t.events)
-
-
-def fates_at_budget(trials: list[Trial], iterations: int, budget: int) -> dict[str, int]:
-    """How the trials that spent part of the budget stood when it was spent: finished, stopped_early,
-    diverged, or cut (still running when the budget ran out)."""
-    inside = {}
-    for _, number, _, _ in ordered_events(trials)[:budget]:
-        inside[number] = inside.get(number, 0) + 1
-    fates = {}
-    for t in trials:
-        if t.number not in inside:
-            continue
-        complete = inside[t.number] == len(t.events) and t.fate in ("finished", "stopped_early", "diverged")
-        fate = t.fate if complete else "cut"
-        fates[fate] = fates.get(fate, 0) + 1
-    return fates
-
-
-def finished_methods(trials: list[Trial], iterations: int, budget: int) -> dict[str, int]:
-    """Methods (VAE, AVB, AVB+AC) of the trials that ran the full budget of iterations within the budget."""
-    methods = {}
-    for _, number, it, value in ordered_events(trials)[:budget]:
-        if it >= iterations and value is not None:
-            method = next(t.method for t in trials if t.number == number)
-            methods[method] = methods.get(method, 0) + 1
-    return methods
-
-
-def median_budget(budgets: list[int | None]) -> float:
-    """Median over seeds; a seed that never reached the target counts as infinitely expensive."""
-    return statistics.median([math.inf if b is None else b for b in budgets])
 
 
 # ----------------------------------------------------------------------------- part 1: the search
@@ -324,143 +151,6 @@ def ratio(a: float, c: float, budget: int) -> str:
     return f"{a / c:.2f}"
 
 
-# ----------------------------------------------------------------------------- the fixed configuration
-def recipe(args) -> dict:
-    """The configuration the timing parts train: the preset's 3rd baseline (the reproduction recipe), with the
-    benchmark's --set on top."""
-    from search_spaces import load_preset
-    from study.cli import parse_overrides
-
-    return {**load_preset("synthetic").BASELINES[2], **parse_overrides(args.set)}
-
-
-def fixed_flags(config: dict) -> list[str]:
-    """--set flags that fix every searched field to `config`: a study whose every trial is that config."""
-    flags = []
-    for key, value in config.items():
-        flags += ["--set", f"{key}={value}"]
-    return flags
-
-
-# ----------------------------------------------------------------------------- part 2: Tune's overhead
-def plain_loop(config: dict, iterations: int, steps_per_iteration: int) -> dict:
-    """(i) the plain loop, in this process with one torch thread: seconds per iteration after the first."""
-    import torch
-
-    from avb.data import load_dataset
-    from avb.evaluate import evaluate
-    from avb.fit import fit
-    from avb.train import Trainer
-    from search_spaces import load_preset
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what a one-CPU Tune trial gets (Ray sets OMP_NUM_THREADS=1)
-    try:
-        cfg = load_preset("synthetic").BASE.replace(**config, steps=iterations * steps_per_iteration)
-        t0 = time.perf_counter()
-        data = load_dataset(cfg, "cpu")
-        trainer = Trainer(cfg, data.x_shape, torch.device("cpu"))
-        x = data.eval_batch(cfg.eval_points, "valid")
-        stamps = [time.perf_counter()]
-        for i in range(1, iterations + 1):
-            fit(trainer, data, i * steps_per_iteration)
-            evaluate(trainer, x, cfg.eval_samples)
-            stamps.append(time.perf_counter())
-    finally:
-        torch.set_num_threads(threads)
-    gaps = [b - a for a, b in zip(stamps[1:], stamps[2:])]
-    return {"s_per_iteration": statistics.mean(gaps), "gaps": [round(g, 3) for g in gaps],
-            "total_s": round(stamps[-1] - t0, 2)}
-
-
-def tune_trial_timing(tracking_uri: str, study: str) -> tuple[list[float], float]:
-    """Gaps between a study's consecutive logged iterations (one trial), and its run's start to last log."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(study)
-    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("kind") != "study"]
-    stamps = sorted(m.timestamp for m in client.get_metric_history(runs[0].info.run_id, "log_likelihood"))
-    return [(b - a) / 1000 for a, b in zip(stamps, stamps[1:])], (stamps[-1] - runs[0].info.start_time) / 1000
-
-
-def run_overhead(args, results: Path) -> dict:
-    config = recipe(args)
-    plain, tune, walls = [], [], []
-    order = ["plain", "tune", "tune", "plain"] * math.ceil(args.overhead_repeats / 2)
-    load_before = load()
-    for i, kind in enumerate(order[: 2 * args.overhead_repeats]):
-        if kind == "plain":
-            print(f"[overhead] plain loop, {args.overhead_iterations} iterations ...", flush=True)
-            plain.append(plain_loop(config, args.overhead_iterations, args.steps_per_iteration))
-            print(f"[overhead]   {plain[-1]['s_per_iteration']:.3f} s/iteration", flush=True)
-            continue
-        name = f"overhead-{args.label}-{i}"
-        store = results / "overhead" / name
-        store.parent.mkdir(parents=True, exist_ok=True)
-        print(f"[overhead] one-trial study {name} ...", flush=True)
-        flags = ["--num-trials", "1", "--concurrency", "1", "--cpus-per-trial", "1", "--scheduler", "none",
-                 "--sampler", "random", "--no-baselines", "--iterations", str(args.overhead_iterations),
-                 "--steps-per-iteration", str(args.steps_per_iteration), *fixed_flags(config)]
-        record = run_study(name, flags, store, log=store.with_suffix(".log"))
-        gaps, trial_s = tune_trial_timing(sqlite(store / "mlflow.db"), name)
-        tune.append({"s_per_iteration": statistics.mean(gaps), "gaps": [round(g, 3) for g in gaps],
-                     "trial_s": round(trial_s, 2), "study_wall_s": record.wall_s})
-        walls.append(record.wall_s)
-        print(f"[overhead]   {tune[-1]['s_per_iteration']:.3f} s/iteration; study wall {record.wall_s:.0f} s",
-              flush=True)
-    p = statistics.median(t["s_per_iteration"] for t in tune)
-    q = statistics.median(t["s_per_iteration"] for t in plain)
-    return {"config": config, "iterations": args.overhead_iterations, "steps_per_iteration": args.steps_per_iteration,
-            "plain": plain, "tune": tune, "plain_s_per_iteration": q, "tune_s_per_iteration": p,
-            "overhead_percent": round(100 * (p / q - 1), 1), "load": [load_before, load()], "label": args.label}
-
-
-# ----------------------------------------------------------------------------- part 3: packing
-def run_packing(args, results: Path) -> dict:
-    config = recipe(args)
-    cpus = os.cpu_count() or 1
-    rows = []
-    if args.gpu_fractions:
-        settings = [(round(1 / g), g) for g in args.gpu_fractions]
-    else:
-        settings = [(c, 0.0) for c in args.packing]
-    for concurrency, gpus in settings:
-        name = f"packing-{args.label}-c{concurrency}" + (f"-g{gpus:g}" if gpus else "")
-        store = results / "packing" / name
-        store.parent.mkdir(parents=True, exist_ok=True)
-        cpus_per_trial = cpus / concurrency
-        trials = args.packing_rounds * concurrency
-        flags = ["--num-trials", str(trials), "--concurrency", str(concurrency), "--cpus-per-trial",
-                 f"{cpus_per_trial:g}", "--gpus-per-trial", f"{gpus:g}", "--scheduler", "none", "--sampler",
-                 "random", "--no-baselines", "--iterations", str(args.packing_iterations), "--steps-per-iteration",
-                 str(args.steps_per_iteration), *fixed_flags(config)]
-        print(f"[packing] {concurrency} concurrent trial(s), {cpus_per_trial:g} CPU(s)"
-              + (f", {gpus:g} GPU" if gpus else "") + f" each, {trials} trials ...", flush=True)
-        record = run_study(name, flags, store, log=store.with_suffix(".log"))
-        throughput, window = packing_throughput(sqlite(store / "mlflow.db"), name)
-        rows.append({"concurrency": concurrency, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus,
-                     "trials": trials, "trial_iterations_per_min": round(throughput, 2), "window_s": round(window, 1),
-                     "study_wall_s": record.wall_s, "load": [record.load_before, record.load_after]})
-        print(f"[packing]   {throughput:.1f} trial-iterations/min", flush=True)
-    best = max(rows, key=lambda r: r["trial_iterations_per_min"])
-    return {"config": config, "cpus": cpus, "rows": rows, "best_concurrency": best["concurrency"],
-            "gpu": bool(args.gpu_fractions), "iterations": args.packing_iterations, "rounds": args.packing_rounds,
-            "label": args.label}
-
-
-def packing_throughput(tracking_uri: str, study: str) -> tuple[float, float]:
-    """Trial-iterations per minute from the first trial run's start to the last logged iteration."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(study)
-    runs = [r for r in client.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("kind") != "study"]
-    stamps = [m.timestamp for r in runs for m in client.get_metric_history(r.info.run_id, "log_likelihood")]
-    window = (max(stamps) - min(r.info.start_time for r in runs)) / 1000
-    return len(stamps) / window * 60, window
-
-
 # ----------------------------------------------------------------------------- the document
 def plot(search: dict, path: Path) -> None:
     import matplotlib
@@ -535,61 +225,25 @@ def render_search(s: dict, figure: str) -> list[str]:
     return lines
 
 
-def render_overhead(o: dict) -> list[str]:
-    config = ", ".join(f"{k}={v}" for k, v in sorted(o["config"].items()))
-
-    def runs(kind: str) -> str:
-        return ", ".join(f"{r['s_per_iteration']:.3f}" for r in o[kind])
-
-    return [f"Measured {o['when']} (`{o['command']}`), load average (1/5/15 min) before {o['load'][0]}, after "
-            f"{o['load'][1]}. Configuration: the reproduction recipe with {config}; {o['iterations']} iterations "
-            f"of {o['steps_per_iteration']} steps, each followed by the validation evaluation; seconds per "
-            "iteration after the first (steady state), median of the runs:", "",
-            "| run | s per iteration (each run) | median |", "|---|---|---:|",
-            f"| (i) plain loop (`avb.fit.fit` + `evaluate`) | {runs('plain')} | {o['plain_s_per_iteration']:.3f} |",
-            f"| (ii) one-trial Tune study (report, checkpoint, MLflow, pictures) | {runs('tune')} | "
-            f"{o['tune_s_per_iteration']:.3f} |", "",
-            f"Tune overhead: {o['overhead_percent']:g}%", "",
-            "Fixed cost on top, once per study (Ray start-up, stores, the study's end): the one-trial study took "
-            + ", ".join(f"{t['study_wall_s']:.0f} s" for t in o["tune"]) + " of wall time against the plain loop's "
-            + ", ".join(f"{p['total_s']:.0f} s" for p in o["plain"]) + ".", ""]
-
-
-def render_packing(p: dict) -> list[str]:
-    kind = "GPU" if p["gpu"] else "CPU"
-    lines = [f"Measured {p['when']} (`{p['command']}`) on {p['cpus']} CPU cores; each study: the reproduction "
-             f"recipe, {p['iterations']} iterations per trial, {p['rounds']} trial(s) per slot.", "",
-             "| concurrent trials | CPUs per trial | GPUs per trial | trial-iterations per minute "
-             "| load before / after |",
-             "|---:|---:|---:|---:|---|"]
-    for r in p["rows"]:
-        lines.append(f"| {r['concurrency']} | {r['cpus_per_trial']:g} | {r['gpus_per_trial']:g} | "
-                     f"{r['trial_iterations_per_min']:.1f} | {r['load'][0][0]} / {r['load'][1][0]} |")
-    lines += ["", f"Best on this machine ({kind}): {p['best_concurrency']} concurrent trial(s).", ""]
-    return lines
-
-
 BLOCKS = ("search", "overhead", "packing")
 
 
 def write_doc(doc: Path, data: dict, new: list[str] | None = None) -> None:
     """Fill the marked blocks of `doc` from `data` (one per key: `search*`, `overhead`, `packing`), appending the
     blocks named in `new` that the document lacks; text outside the blocks stays as it is."""
-    text = doc.read_text() if doc.exists() else "# Does the search pay?\n\n" + "\n".join(
-        f"## {b}\n\n<!-- {b}:begin -->\n<!-- {b}:end -->\n" for b in BLOCKS)
+    if not doc.exists():
+        doc.write_text("# Does the search pay?\n\n" + "\n".join(
+            f"## {b}\n\n<!-- {b}:begin -->\n<!-- {b}:end -->\n" for b in BLOCKS))
     renderers = {"overhead": render_overhead, "packing": render_packing}
     for block, values in data.items():
-        pattern = re.compile(rf"<!-- {block}:begin -->.*?<!-- {block}:end -->", re.S)
-        present = pattern.search(text) is not None
+        present = f"<!-- {block}:begin -->" in doc.read_text()
         if not (present or block in (new or ())) or not (block.startswith("search") or block in renderers):
             continue
         if block.startswith("search"):
-            body = "\n".join(render_search(values, values.get("figure", "")))
+            body = render_search(values, values.get("figure", ""))
         else:
-            body = "\n".join(renderers[block](values))
-        replacement = f"<!-- {block}:begin -->\n{body}\n<!-- {block}:end -->"
-        text = pattern.sub(lambda _, r=replacement: r, text) if present else text + f"\n{replacement}\n"
-    doc.write_text(text)
+            body = renderers[block](values)
+        write_block(doc, block, "\n".join(body))
 
 
 # ----------------------------------------------------------------------------- command line

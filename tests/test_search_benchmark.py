@@ -15,6 +15,8 @@ from tests.study_utils import ROOT, study_env
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import search_efficiency as bench  # noqa: E402
 
+from benchmarks import study_records as records  # noqa: E402
+
 SCRIPT = ROOT / "benchmarks" / "search_efficiency.py"
 
 
@@ -23,7 +25,7 @@ def trial(number, fate, values, start=0, step=10, iterations=4, diverged_at=None
     events = [(start + i * step, i, v) for i, v in enumerate(values, 1)]
     if diverged_at is not None:
         events.append((start + diverged_at * step, diverged_at, None))
-    return bench.Trial(number, fate, events, method="AVB")
+    return records.Trial(number, fate, events, method="AVB")
 
 
 def test_anytime_curve_counts_only_full_fidelity_values_in_logged_order():
@@ -33,20 +35,20 @@ def test_anytime_curve_counts_only_full_fidelity_values_in_logged_order():
         trial(2, "diverged", [-1.7], start=21, diverged_at=2),  # 2 iterations spent, no value
         trial(3, "finished", [-1.5, -1.45, -1.41, -1.40], start=50),  # full at t=90
     ]
-    curve = bench.anytime_curve(trials, iterations=4, budget=12)
+    curve = records.anytime_curve(trials, iterations=4, budget=12)
     # order: t0:10 t1:15 t0:20 t1:25 t2:31 t1:35 t2:41(div) t1:45(full -1.44) t3:60 70 80 90(full -1.40)
     assert curve[:7] == [-math.inf] * 7
     assert curve[7:11] == [-1.44] * 4 and curve[11] == -1.40
-    assert bench.budget_to_target(curve, -1.42) == 12
-    assert bench.budget_to_target(curve, -1.45) == 8
-    assert bench.budget_to_target(bench.anytime_curve(trials, 4, 11), -1.42) is None  # cut by the budget
-    assert bench.fates_at_budget(trials, 4, 10) == {"stopped_early": 1, "finished": 1, "diverged": 1, "cut": 1}
-    assert bench.finished_methods(trials, 4, 12) == {"AVB": 2}
+    assert records.budget_to_target(curve, -1.42) == 12
+    assert records.budget_to_target(curve, -1.45) == 8
+    assert records.budget_to_target(records.anytime_curve(trials, 4, 11), -1.42) is None  # cut by the budget
+    assert records.fates_at_budget(trials, 4, 10) == {"stopped_early": 1, "finished": 1, "diverged": 1, "cut": 1}
+    assert records.finished_methods(trials, 4, 12) == {"AVB": 2}
 
 
 def test_medians_and_the_ratio_line():
-    assert bench.median_budget([10, None, 30]) == 30
-    assert math.isinf(bench.median_budget([None, None, 30]))
+    assert records.median_budget([10, None, 30]) == 30
+    assert math.isinf(records.median_budget([None, None, 30]))
     assert bench.ratio(20, 40, 64) == "0.50"
     assert bench.ratio(math.inf, 32, 64).startswith("> 2.00 ")  # TPE needed more than 64, random 32
     assert bench.ratio(32, math.inf, 64).startswith("< 0.50 ")  # TPE needed 32, random more than 64
