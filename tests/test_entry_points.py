@@ -107,7 +107,9 @@ def test_ac_schedules_smoke_prints_each_stage(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         lines = [line for line in out.stdout.splitlines() if line.startswith("step ")]
         assert [line.split("(lr x ")[1].split(")")[0] for line in lines] == factors, out.stdout
-        assert all("log p(x) -" in line and "(IS)" in line for line in lines), out.stdout
+        assert all("log p(x) exact -" in line and "(IS)" in line for line in lines), out.stdout
+    bad = run([str(ROOT / "benchmarks" / "ac_schedules.py"), "--smoke", "--set", "basis_sise=8"], tmp_path)
+    assert bad.returncode == 2 and "unknown config field(s) basis_sise" in bad.stderr, bad.stderr[-2000:]
 
 
 @pytest.mark.slow
