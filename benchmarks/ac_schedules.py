@@ -26,11 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from posterior import exact_posterior, grid  # noqa: E402
 from reproduce_table1 import METHODS, RECIPE  # noqa: E402
 
-from avb.config import ConfigError, parse_value  # noqa: E402
+from avb.config import ConfigError  # noqa: E402
 from avb.data import load_dataset  # noqa: E402
 from avb.evaluate import evaluate  # noqa: E402
 from avb.fit import fit  # noqa: E402
 from avb.train import Trainer, resolve_device  # noqa: E402
+from study.cli import parse_overrides  # noqa: E402
+from study.settings import StudyError  # noqa: E402
 
 SCHEDULES = {  # name: (config changes, [(until step, learning-rate factor from then on)])
     "recipe": ({"steps": 15000}, [(5000, 1.0), (10000, 1.0), (15000, 1.0)]),
@@ -51,13 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     changes, stages = SCHEDULES[args.schedule]
-    if any("=" not in item for item in args.set):
-        p.error(f"--set {next(i for i in args.set if '=' not in i)!r}: expected FIELD=VALUE, e.g. basis_size=8")
-    overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
     try:
+        overrides = parse_overrides(args.set)  # the study's own --set parsing
         cfg = RECIPE.replace(**{**METHODS["AVB+AC"], **changes, "seed": args.seed, **overrides})
-    except ConfigError as e:
-        p.error(f"--set: {e}")
+    except (StudyError, ConfigError) as e:
+        p.error(str(e))
     if args.smoke:
         cfg, stages = cfg.replace(eval_samples=2000), [(until // 1000, factor) for until, factor in stages]
     device = resolve_device("cpu")
