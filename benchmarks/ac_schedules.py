@@ -4,12 +4,14 @@
     python benchmarks/ac_schedules.py --seed 1 --schedule authors   # the authors' toy rates, 2e-5 / 1e-4, 100k
     python benchmarks/ac_schedules.py --seed 1 --schedule batch512  # decay's, at the toy notebook's batch 512
     python benchmarks/ac_schedules.py --seed 1 --schedule recipe --set basis_size=1 --set noise_dim=8
+    python benchmarks/ac_schedules.py --seed 1 --schedule long --average-after 15000   # Polyak averaging
 
 One run of AVB+AC (the authors' encoder details, benchmarks/reproduce_table1.py's recipe otherwise) on one
 CPU thread, with the importance-sampled log p(x) (100,000 samples per point, as Table 1) and the exact one
 (grid integration over [-6, 6]^2, the 2-d latent space: benchmarks/posterior.py's quadrature) printed at each
-stage. `--set FIELD=VALUE` changes the encoder (e.g. its noise basis). Results: docs/reproduction/fidelity.md,
-"More or slower training" and "The noise basis".
+stage. `--set FIELD=VALUE` changes the encoder (e.g. its noise basis); `--average-after STEP` also reports the
+decoder averaged over its iterates after STEP (Polyak; torch's AveragedModel, an iterate every 100 steps).
+Results: docs/reproduction/fidelity.md, "More or slower training" and "The noise basis".
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,6 +39,7 @@ from study.settings import StudyError  # noqa: E402
 
 SCHEDULES = {  # name: (config changes, [(until step, learning-rate factor from then on)])
     "recipe": ({"steps": 15000}, [(5000, 1.0), (10000, 1.0), (15000, 1.0)]),
+    "long": ({"steps": 21000}, [(15000, 1.0), (18000, 1.0), (21000, 1.0)]),
     "decay": ({"steps": 21000}, [(15000, 1.0), (18000, 0.1), (21000, 0.1)]),
     "batch512": ({"steps": 21000, "batch_size": 512}, [(15000, 1.0), (18000, 0.1), (21000, 0.1)]),  # toy notebook's
     "authors": ({"steps": 100000, "lr": 2e-5, "adv_lr": 1e-4}, [(s, 1.0) for s in (25000, 50000, 75000, 100000)]),
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                    "script, not the method (default: off)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a Config change on top of the schedule's, e.g. basis_size=1 (default: none)")
+    p.add_argument("--average-after", type=int, default=0, metavar="STEP",
+                   help="also report the decoder averaged over its iterates after STEP (default: 0, off)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     changes, stages = SCHEDULES[args.schedule]
@@ -63,19 +69,37 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device("cpu")
     data = load_dataset(cfg, device)
     trainer = Trainer(cfg, data.x_shape, device)
+    decoder = trainer.models.decoder
+    averaged = AveragedModel(decoder) if args.average_after else None
+
+    def add_iterate(step: int, *_) -> None:
+        if averaged is not None and step > args.average_after:
+            averaged.update_parameters(decoder)
+
     t0, factor_now = time.perf_counter(), 1.0
     for until, factor in stages:
         for opt in (trainer.opt_primal, trainer.opt_adv):  # the new rate from the start of this stage
             for group in opt.param_groups:
                 group["lr"] *= factor / factor_now
         factor_now = factor
-        fit(trainer, data, until)
+        fit(trainer, data, until, log_every=(1 if args.smoke else 100) if averaged else 0, on_log=add_iterate)
         m = evaluate(trainer, data.test, cfg.eval_samples, seed=cfg.seed)
-        exact = exact_posterior(trainer, data.test, *grid(6.0, 480))[1].mean().item()
+        exact = exact_log_px(trainer, data.test)
         print(f"step {until:>6} (lr x {factor:g}): log p(x) exact {exact:.4f}, {m['log_likelihood']:.4f} ± "
               f"{m['log_likelihood_mc_se']:.4f} (IS), reconstruction {m['reconstruction_error']:.3f}, "
               f"KL(q(z), p(z)) {m['kl_qz_pz']:.3f}  [{(time.perf_counter() - t0) / 60:.1f} min]", flush=True)
+        if averaged is not None and averaged.n_averaged > 0:
+            live = {k: v.clone() for k, v in decoder.state_dict().items()}
+            decoder.load_state_dict(averaged.module.state_dict())
+            print(f"step {until:>6}: averaged decoder ({int(averaged.n_averaged)} iterates): log p(x) exact "
+                  f"{exact_log_px(trainer, data.test):.4f}", flush=True)
+            decoder.load_state_dict(live)
     return 0
+
+
+def exact_log_px(trainer: Trainer, x: torch.Tensor) -> float:
+    """Mean exact log p(x) by grid integration over [-6, 6]^2 (480 x 480 cells)."""
+    return exact_posterior(trainer, x, *grid(6.0, 480))[1].mean().item()
 
 
 if __name__ == "__main__":
