@@ -40,6 +40,7 @@ from study.settings import StudyError  # noqa: E402
 SCHEDULES = {  # name: (config changes, [(until step, learning-rate factor from then on)])
     "recipe": ({"steps": 15000}, [(5000, 1.0), (10000, 1.0), (15000, 1.0)]),
     "long": ({"steps": 21000}, [(15000, 1.0), (18000, 1.0), (21000, 1.0)]),
+    "longer": ({"steps": 30000}, [(15000, 1.0), (20000, 1.0), (25000, 1.0), (30000, 1.0)]),
     "decay": ({"steps": 21000}, [(15000, 1.0), (18000, 0.1), (21000, 0.1)]),
     "batch512": ({"steps": 21000, "batch_size": 512}, [(15000, 1.0), (18000, 0.1), (21000, 0.1)]),  # toy notebook's
     "authors": ({"steps": 100000, "lr": 2e-5, "adv_lr": 1e-4}, [(s, 1.0) for s in (25000, 50000, 75000, 100000)]),
