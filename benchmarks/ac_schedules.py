@@ -5,6 +5,7 @@
     python benchmarks/ac_schedules.py --seed 1 --schedule batch512  # decay's, at the toy notebook's batch 512
     python benchmarks/ac_schedules.py --seed 1 --schedule recipe --set basis_size=1 --set noise_dim=8
     python benchmarks/ac_schedules.py --seed 1 --schedule long --average-after 15000   # Polyak averaging
+    python benchmarks/ac_schedules.py --seed 1 --schedule longest   # 54k at the recipe's rates, 6k at lr / 10
 
 One run of AVB+AC (the authors' encoder details, benchmarks/reproduce_table1.py's recipe otherwise) on one
 CPU thread, with the importance-sampled log p(x) (100,000 samples per point, as Table 1) and the exact one
@@ -41,6 +42,7 @@ SCHEDULES = {  # name: (config changes, [(until step, learning-rate factor from 
     "recipe": ({"steps": 15000}, [(5000, 1.0), (10000, 1.0), (15000, 1.0)]),
     "long": ({"steps": 21000}, [(15000, 1.0), (18000, 1.0), (21000, 1.0)]),
     "longer": ({"steps": 30000}, [(15000, 1.0), (20000, 1.0), (25000, 1.0), (30000, 1.0)]),
+    "longest": ({"steps": 60000}, [(30000, 1.0), (45000, 1.0), (54000, 1.0), (60000, 0.1)]),  # last 6k at lr / 10
     "decay": ({"steps": 21000}, [(15000, 1.0), (18000, 0.1), (21000, 0.1)]),
     "batch512": ({"steps": 21000, "batch_size": 512}, [(15000, 1.0), (18000, 0.1), (21000, 0.1)]),  # toy notebook's
     "authors": ({"steps": 100000, "lr": 2e-5, "adv_lr": 1e-4}, [(s, 1.0) for s in (25000, 50000, 75000, 100000)]),
