@@ -102,7 +102,8 @@ def test_reproduction_smoke_run_writes_table_and_pictures(tmp_path):
 
 @pytest.mark.slow
 def test_ac_schedules_smoke_prints_each_stage(tmp_path):
-    for schedule, factors in (("decay", ["1", "0.1", "0.1"]), ("authors", ["1"] * 4)):
+    for schedule, factors in (("decay", ["1", "0.1", "0.1"]), ("authors", ["1"] * 4),
+                              ("longest-primal", ["1", "1", "1", "0.1, adversary's x 1"])):
         out = run([str(ROOT / "benchmarks" / "ac_schedules.py"), "--smoke", "--schedule", schedule], tmp_path)
         assert out.returncode == 0, out.stderr[-2000:]
         lines = [line for line in out.stdout.splitlines() if line.startswith("step ")]
