@@ -177,11 +177,11 @@ def test_retry_crashed_runs_a_crashed_trial_again_as_a_new_trial(tmp_path):
     """A trial whose worker is killed under --max-failures 0 crashes, with the iterations it reported; the summary
     names --retry-crashed; --resume --retry-crashed runs it again from the start as a new trial with the same
     parameters, and the study ends well (exit 0)."""
-    results = tmp_path / "results"
-    args = ["--results-dir", str(results), "--study-name", "retried", *FAST, "--num-trials", "1", "--scheduler",
-            "none", "--iterations", "20", "--steps-per-iteration", "200", "--max-failures", "0"]
+    results, iterations = tmp_path / "results", 20
     # 20 iterations: the kill must land while the trial still trains (with 8, a fast CI machine finished the
     # trial between its first checkpoint and the kill, and the study ended well)
+    args = ["--results-dir", str(results), "--study-name", "retried", *FAST, "--num-trials", "1", "--scheduler",
+            "none", "--iterations", str(iterations), "--steps-per-iteration", "200", "--max-failures", "0"]
     proc = start_study(args, cwd=tmp_path)
     wait_for_checkpoint(results / "ray", proc)
     assert kill_trial_workers(proc.pid) >= 1
@@ -200,4 +200,4 @@ def test_retry_crashed_runs_a_crashed_trial_again_as_a_new_trial(tmp_path):
     assert crashed.state.name == "FAIL" and crashed.user_attrs["fate"] == "crashed"
     assert crashed.user_attrs["iterations"] == max(crashed.intermediate_values) >= 1  # not 0 (issue 18)
     assert retry.state.name == "COMPLETE" and retry.user_attrs["retry_of"] == 0 and retry.params == crashed.params
-    assert "baseline" not in retry.user_attrs and sorted(retry.intermediate_values) == list(range(1, 21))
+    assert "baseline" not in retry.user_attrs and sorted(retry.intermediate_values) == list(range(1, iterations + 1))
