@@ -272,6 +272,12 @@ def restore_tuner(settings: StudySettings, trainable, recorder: Recorder):
     with the first driver's stores, which a resume from a copy or on a new head must not touch."""
     from ray import tune
 
+    from study.tune_state import keep_crashed_trials_crashed
+
+    kept = keep_crashed_trials_crashed(settings, experiment_path(settings))
+    if kept:
+        print(f"Ray Tune had saved crashed trial(s) {', '.join(map(str, kept))} as running (Ray 2.60 loses a "
+              "crash when the actor's death is handled first): kept crashed, as the study recorded them", flush=True)
     tuner = tune.Tuner.restore(experiment_path(settings), trainable=trainable, resume_unfinished=True,
                                resume_errored=False)
     from study.resumed_search import ResumedSearch

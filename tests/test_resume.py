@@ -6,6 +6,7 @@ logged once, nothing left RUNNING."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -173,10 +174,23 @@ def kill_trial_workers(driver: int, timeout: float = 60) -> int:
     return 0
 
 
+def lose_the_crash(experiment: Path) -> None:
+    """Tune's saved state as Ray 2.60 leaves it in a race (CI saw it; study/tune_state.py): the crashed trial
+    RUNNING, no error file named."""
+    state_file = max(experiment.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    for i, (trial_json, meta_json) in enumerate(state["trial_data"]):
+        trial, meta = json.loads(trial_json), json.loads(meta_json)
+        trial["status"], meta["error_filename"], meta["pickled_error_filename"] = "RUNNING", None, None
+        state["trial_data"][i] = [json.dumps(trial), json.dumps(meta)]
+    state_file.write_text(json.dumps(state))
+
+
 def test_retry_crashed_runs_a_crashed_trial_again_as_a_new_trial(tmp_path):
     """A trial whose worker is killed under --max-failures 0 crashes, with the iterations it reported; the summary
     names --retry-crashed; --resume --retry-crashed runs it again from the start as a new trial with the same
-    parameters, and the study ends well (exit 0)."""
+    parameters, and the study ends well (exit 0). Also where Tune's saved state lost the crash: the trial is not
+    resumed beside its retry."""
     results, iterations = tmp_path / "results", 20
     # 20 iterations: the kill must land while the trial still trains (with 8, a fast CI machine finished the
     # trial between its first checkpoint and the kill, and the study ended well)
@@ -188,11 +202,13 @@ def test_retry_crashed_runs_a_crashed_trial_again_as_a_new_trial(tmp_path):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "CRASHED trial 0: " in out, out[-3000:]
     assert "--resume --study-name retried" in out and "--retry-crashed" in out
+    lose_the_crash(results / "ray" / "retried")  # as Ray 2.60 saves it when the actor's death is handled first
     resumed = run_study(["--resume", "--study-name", "retried", "--results-dir", str(results), "--retry-crashed"],
                         cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Ray Tune had saved crashed trial(s) 0 as running" in resumed.stdout  # not resumed beside its retry
     assert "retrying 1 crashed trial(s) from the start as new trials: 0" in resumed.stdout
-    assert "(retried as trial 1: finished)" in resumed.stdout
+    assert "(retried as trial 1: finished)" in resumed.stdout, resumed.stdout[-3000:]
     uri, storage = sqlite(results / "mlflow.db"), sqlite(results / "optuna.db")
     assert run_summary(uri, "retried") == Counter({("FAILED", "crashed"): 1, ("FINISHED", "finished"): 1})
     assert trial_runs(uri, "retried")[0].info.status == "FINISHED"
