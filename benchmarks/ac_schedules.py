@@ -7,12 +7,14 @@
     python benchmarks/ac_schedules.py --seed 1 --schedule long --average-after 15000   # Polyak averaging
     python benchmarks/ac_schedules.py --seed 1 --schedule longest   # 54k at the recipe's rates, 6k at lr / 10
     python benchmarks/ac_schedules.py --seed 1 --schedule longest-primal   # the same, the adversary's rate kept
+    python benchmarks/ac_schedules.py --seed 1 --schedule longest-primal --average-after 30000 54000   # 2 windows
 
 One run of AVB+AC (the authors' encoder details, benchmarks/reproduce_table1.py's recipe otherwise) on one
 CPU thread, with the importance-sampled log p(x) (100,000 samples per point, as Table 1) and the exact one
 (grid integration over [-6, 6]^2, the 2-d latent space: benchmarks/posterior.py's quadrature) printed at each
-stage. `--set FIELD=VALUE` changes the encoder (e.g. its noise basis); `--average-after STEP` also reports the
-decoder averaged over its iterates after STEP (Polyak; torch's AveragedModel, an iterate every 100 steps).
+stage. `--set FIELD=VALUE` changes the encoder (e.g. its noise basis); `--average-after STEP [STEP ...]` also
+reports the decoder averaged over its iterates after each STEP (Polyak; torch's AveragedModel, an iterate every
+100 steps; several windows from one run).
 Results: docs/reproduction/fidelity.md, "More or slower training" and "The noise basis".
 """
 
@@ -60,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                    "script, not the method (default: off)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a Config change on top of the schedule's, e.g. basis_size=1 (default: none)")
-    p.add_argument("--average-after", type=int, default=0, metavar="STEP",
-                   help="also report the decoder averaged over its iterates after STEP (default: 0, off)")
+    p.add_argument("--average-after", type=int, nargs="+", default=[], metavar="STEP",
+                   help="also report the decoder averaged over its iterates after each STEP, e.g. 30000 54000 "
+                   "(default: none)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     changes, stages = SCHEDULES[args.schedule]
@@ -76,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset(cfg, device)
     trainer = Trainer(cfg, data.x_shape, device)
     decoder = trainer.models.decoder
-    averaged = AveragedModel(decoder) if args.average_after else None
+    averages = {start: AveragedModel(decoder) for start in args.average_after}
 
     def add_iterate(step: int, *_) -> None:
-        if averaged is not None and step > args.average_after:
-            averaged.update_parameters(decoder)
+        for start, averaged in averages.items():
+            if step > start:
+                averaged.update_parameters(decoder)
 
     t0, now = time.perf_counter(), (1.0, 1.0)
     for until, factor, *adv in stages:
@@ -89,20 +93,27 @@ def main(argv: list[str] | None = None) -> int:
             for group in opt.param_groups:
                 group["lr"] *= new / old
         now = factors
-        fit(trainer, data, until, log_every=(1 if args.smoke else 100) if averaged else 0, on_log=add_iterate)
+        fit(trainer, data, until, log_every=(1 if args.smoke else 100) if averages else 0, on_log=add_iterate)
         m = evaluate(trainer, data.test, cfg.eval_samples, seed=cfg.seed)
         exact = exact_log_px(trainer, data.test)
         rates = f"lr x {factors[0]:g}" + (f", adversary's x {factors[1]:g}" if factors[1] != factors[0] else "")
         print(f"step {until:>6} ({rates}): log p(x) exact {exact:.4f}, {m['log_likelihood']:.4f} ± "
               f"{m['log_likelihood_mc_se']:.4f} (IS), reconstruction {m['reconstruction_error']:.3f}, "
               f"KL(q(z), p(z)) {m['kl_qz_pz']:.3f}  [{(time.perf_counter() - t0) / 60:.1f} min]", flush=True)
-        if averaged is not None and averaged.n_averaged > 0:
-            live = {k: v.clone() for k, v in decoder.state_dict().items()}
-            decoder.load_state_dict(averaged.module.state_dict())
-            print(f"step {until:>6}: averaged decoder ({int(averaged.n_averaged)} iterates): log p(x) exact "
-                  f"{exact_log_px(trainer, data.test):.4f}", flush=True)
-            decoder.load_state_dict(live)
+        print_averages(trainer, data.test, until, averages)
     return 0
+
+
+def print_averages(trainer: Trainer, x: torch.Tensor, until: int, averages: dict[int, AveragedModel]) -> None:
+    """The exact log p(x) of each averaged decoder that holds an iterate; the trained decoder is put back."""
+    decoder = trainer.models.decoder
+    live = {k: v.clone() for k, v in decoder.state_dict().items()}
+    for start, averaged in averages.items():
+        if averaged.n_averaged > 0:
+            decoder.load_state_dict(averaged.module.state_dict())
+            print(f"step {until:>6}: averaged decoder (after {start}, {int(averaged.n_averaged)} iterates): "
+                  f"log p(x) exact {exact_log_px(trainer, x):.4f}", flush=True)
+    decoder.load_state_dict(live)
 
 
 def exact_log_px(trainer: Trainer, x: torch.Tensor) -> float:

@@ -110,10 +110,11 @@ def test_ac_schedules_smoke_prints_each_stage(tmp_path):
         assert [line.split("(lr x ")[1].split(")")[0] for line in lines] == factors, out.stdout
         assert all("log p(x) exact -" in line and "(IS)" in line for line in lines), out.stdout
     polyak = run([str(ROOT / "benchmarks" / "ac_schedules.py"), "--smoke", "--schedule", "long", "--average-after",
-                  "15"], tmp_path)
+                  "15", "18"], tmp_path)
     averaged = [line for line in polyak.stdout.splitlines() if "averaged decoder" in line]
-    assert polyak.returncode == 0 and len(averaged) == 2, polyak.stdout + polyak.stderr[-2000:]
-    assert "(3 iterates)" in averaged[0] and "(6 iterates)" in averaged[1], polyak.stdout
+    assert polyak.returncode == 0 and len(averaged) == 3, polyak.stdout + polyak.stderr[-2000:]
+    assert ["(after 15, 3 iterates)", "(after 15, 6 iterates)", "(after 18, 3 iterates)"] == [
+        line[line.index("("):line.index(")") + 1] for line in averaged], polyak.stdout
     bad = run([str(ROOT / "benchmarks" / "ac_schedules.py"), "--smoke", "--set", "basis_sise=8"], tmp_path)
     assert bad.returncode == 2 and "unknown config field(s) basis_sise" in bad.stderr, bad.stderr[-2000:]
 
