@@ -276,8 +276,8 @@ def restore_tuner(settings: StudySettings, trainable, recorder: Recorder):
 
     kept = keep_crashed_trials_crashed(settings, experiment_path(settings))
     if kept:
-        print(f"Ray Tune had saved crashed trial(s) {', '.join(map(str, kept))} as running (Ray 2.60 loses a "
-              "crash when the actor's death is handled first): kept crashed, as the study recorded them", flush=True)
+        print(f"Ray Tune had saved crashed trial(s) {', '.join(map(str, kept))} as unfinished (Ray 2.60 can lose a "
+              "crash; study/tune_state.py): kept crashed, as the study recorded them", flush=True)
     tuner = tune.Tuner.restore(experiment_path(settings), trainable=trainable, resume_unfinished=True,
                                resume_errored=False)
     from study.resumed_search import ResumedSearch
@@ -291,7 +291,7 @@ def restore_tuner(settings: StudySettings, trainable, recorder: Recorder):
               + (f": {', '.join(map(str, retried))}" if retried else ""), flush=True)
     recorder.num_trials += len(retried)
     internal._tune_config.search_alg = ResumedSearch(limiter, settings.storage_path, settings.study_name,
-                                                     len(retried))
+                                                     len(retried), crashed=set(kept.values()))
     internal._run_config.callbacks = [recorder]
     internal._run_config.verbose = 1 if settings.verbose else 0
     return tuner

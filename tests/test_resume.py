@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from ray import cloudpickle
 
 from tests.conftest import start_mlflow_server
 from tests.study_utils import (
@@ -175,38 +176,45 @@ def kill_trial_workers(driver: int, timeout: float = 60) -> int:
 
 
 def lose_the_crash(experiment: Path) -> None:
-    """Tune's saved state as Ray 2.60 leaves it in a race (CI saw it; study/tune_state.py): the crashed trial
-    RUNNING, no error file named."""
-    state_file = max(experiment.glob("experiment_state-*.json"))
-    state = json.loads(state_file.read_text())
+    """Tune's saved state as a driver killed right after the crash leaves it: the crashed trial RUNNING, no error
+    file named (Ray 2.60 saves that much even when the driver lives, as CI saw: study/tune_state.py), and still
+    live in the searcher's ConcurrencyLimiter."""
+    state_file, search_file = (max(experiment.glob(f"{name}-*.json")) for name in ("experiment_state",
+                                                                                   "search_gen_state"))
+    state, search = json.loads(state_file.read_text()), cloudpickle.loads(search_file.read_bytes())
+    limiter = search["name:ConcurrencyLimiter"]
     for i, (trial_json, meta_json) in enumerate(state["trial_data"]):
         trial, meta = json.loads(trial_json), json.loads(meta_json)
         trial["status"], meta["error_filename"], meta["pickled_error_filename"] = "RUNNING", None, None
         state["trial_data"][i] = [json.dumps(trial), json.dumps(meta)]
+        limiter["live_trials"].add(trial["trial_id"])
+        limiter["num_unfinished_live_trials"] += 1
     state_file.write_text(json.dumps(state))
+    search_file.write_bytes(cloudpickle.dumps(search))
 
 
 def test_retry_crashed_runs_a_crashed_trial_again_as_a_new_trial(tmp_path):
     """A trial whose worker is killed under --max-failures 0 crashes, with the iterations it reported; the summary
     names --retry-crashed; --resume --retry-crashed runs it again from the start as a new trial with the same
     parameters, and the study ends well (exit 0). Also where Tune's saved state lost the crash: the trial is not
-    resumed beside its retry."""
+    resumed beside its retry, and its concurrency slot (--concurrency 1) goes to the retry."""
     results, iterations = tmp_path / "results", 20
     # 20 iterations: the kill must land while the trial still trains (with 8, a fast CI machine finished the
     # trial between its first checkpoint and the kill, and the study ended well)
     args = ["--results-dir", str(results), "--study-name", "retried", *FAST, "--num-trials", "1", "--scheduler",
-            "none", "--iterations", str(iterations), "--steps-per-iteration", "200", "--max-failures", "0"]
+            "none", "--iterations", str(iterations), "--steps-per-iteration", "200", "--max-failures", "0",
+            "--concurrency", "1"]
     proc = start_study(args, cwd=tmp_path)
     wait_for_checkpoint(results / "ray", proc)
     assert kill_trial_workers(proc.pid) >= 1
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "CRASHED trial 0: " in out, out[-3000:]
     assert "--resume --study-name retried" in out and "--retry-crashed" in out
-    lose_the_crash(results / "ray" / "retried")  # as Ray 2.60 saves it when the actor's death is handled first
+    lose_the_crash(results / "ray" / "retried")
     resumed = run_study(["--resume", "--study-name", "retried", "--results-dir", str(results), "--retry-crashed"],
                         cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "Ray Tune had saved crashed trial(s) 0 as running" in resumed.stdout  # not resumed beside its retry
+    assert "Ray Tune had saved crashed trial(s) 0 as unfinished" in resumed.stdout  # not resumed beside its retry
     assert "retrying 1 crashed trial(s) from the start as new trials: 0" in resumed.stdout
     assert "(retried as trial 1: finished)" in resumed.stdout, resumed.stdout[-3000:]
     uri, storage = sqlite(results / "mlflow.db"), sqlite(results / "optuna.db")
