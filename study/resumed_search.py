@@ -18,7 +18,7 @@ class ResumedSearch(SearchGenerator):
     (tests/test_resume.py). Its storage is pointed here the way Tune re-points the restored trials
     (TuneController._restore_trials)."""
 
-    def __init__(self, searcher, storage_path: str, name: str, retries: int = 0, crashed: set[str] = frozenset()):
+    def __init__(self, searcher, storage_path: str, name: str, retries: int = 0, crashed: frozenset[str] = frozenset()):
         """`retries`: trials to ask for beyond the study's --num-trials (--retry-crashed); `crashed`: Tune ids
         of crashed trials that Tune's saved state called unfinished."""
         super().__init__(searcher)

@@ -291,7 +291,7 @@ def restore_tuner(settings: StudySettings, trainable, recorder: Recorder):
               + (f": {', '.join(map(str, retried))}" if retried else ""), flush=True)
     recorder.num_trials += len(retried)
     internal._tune_config.search_alg = ResumedSearch(limiter, settings.storage_path, settings.study_name,
-                                                     len(retried), crashed=set(kept.values()))
+                                                     len(retried), crashed=frozenset(kept.values()))
     internal._run_config.callbacks = [recorder]
     internal._run_config.verbose = 1 if settings.verbose else 0
     return tuner
