@@ -8,6 +8,7 @@
     python benchmarks/ac_schedules.py --seed 1 --schedule longest   # 54k at the recipe's rates, 6k at lr / 10
     python benchmarks/ac_schedules.py --seed 1 --schedule longest-primal   # the same, the adversary's rate kept
     python benchmarks/ac_schedules.py --seed 1 --schedule longest-primal --average-after 30000 54000   # 2 windows
+    python benchmarks/ac_schedules.py --seed 8 --schedule twice-primal   # 108k at the recipe's rates, 12k primal / 10
 
 One run of AVB+AC (the authors' encoder details, benchmarks/reproduce_table1.py's recipe otherwise) on one
 CPU thread, with the importance-sampled log p(x) (100,000 samples per point, as Table 1) and the exact one
@@ -16,7 +17,8 @@ stage. `--set FIELD=VALUE` changes the encoder (e.g. its noise basis); `--averag
 reports the decoder averaged over its iterates after each STEP (Polyak; torch's AveragedModel, an iterate every
 100 steps; several windows from one run).
 Results: docs/reproduction/fidelity.md, "More or slower training", "The noise basis", "60,000 steps, six
-seeds" and "The drop for the encoder and decoder only".
+seeds", "The drop for the encoder and decoder only"
+and "Twice as long".
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ SCHEDULES = {  # name: (config changes, [(until step, learning-rate factor from 
     "longest": ({"steps": 60000}, [(30000, 1.0), (45000, 1.0), (54000, 1.0), (60000, 0.1)]),  # last 6k at lr / 10
     "longest-primal": ({"steps": 60000}, [(30000, 1.0), (45000, 1.0), (54000, 1.0), (60000, 0.1, 1.0)]),  # the
     # adversary kept at its rate (two time scales): in `longest` the drop of both rates cost seeds 0 and 2 0.02-0.04
+    "twice-primal": ({"steps": 120000}, [(54000, 1.0), (81000, 1.0), (108000, 1.0), (120000, 0.1, 1.0)]),  # as
+    # longest-primal, twice as long: fixed before its seeds 8-10 ran (fidelity.md, "Twice as long")
     "decay": ({"steps": 21000}, [(15000, 1.0), (18000, 0.1), (21000, 0.1)]),
     "batch512": ({"steps": 21000, "batch_size": 512}, [(15000, 1.0), (18000, 0.1), (21000, 0.1)]),  # toy notebook's
     "authors": ({"steps": 100000, "lr": 2e-5, "adv_lr": 1e-4}, [(s, 1.0) for s in (25000, 50000, 75000, 100000)]),
