@@ -1,6 +1,7 @@
 """Every command in the README runs in its smoke mode, and bad input gets one line and a non-zero exit."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -109,6 +110,9 @@ def test_ac_schedules_smoke_prints_each_stage(tmp_path):
         lines = [line for line in out.stdout.splitlines() if line.startswith("step ")]
         assert [line.split("(lr x ")[1].split(")")[0] for line in lines] == factors, out.stdout
         assert all("log p(x) exact -" in line and "(IS)" in line for line in lines), out.stdout
+        for line in lines:  # the exact value = -log 4 - the mass off the data - the unequal shares, each >= 0
+            exact, off, unequal = (float(line.split(key)[1].split()[0]) for key in ("exact ", "log 4 - ", "data - "))
+            assert off >= 0 and unequal >= 0 and abs(-math.log(4) - off - unequal - exact) < 2e-4, line
     polyak = run([str(ROOT / "benchmarks" / "ac_schedules.py"), "--smoke", "--schedule", "long", "--average-after",
                   "15", "18"], tmp_path)
     averaged = [line for line in polyak.stdout.splitlines() if "averaged decoder" in line]
