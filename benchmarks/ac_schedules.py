@@ -119,17 +119,13 @@ def print_averages(trainer: Trainer, x: torch.Tensor, until: int, averages: dict
         if averaged.n_averaged > 0:
             decoder.load_state_dict(averaged.module.state_dict())
             print(f"step {until:>6}: averaged decoder (after {start}, {int(averaged.n_averaged)} iterates): "
-                  f"log p(x) exact {exact_log_px(trainer, x):.4f}", flush=True)
+                  f"log p(x) exact {exact_parts(trainer, x)[0]:.4f}", flush=True)
     decoder.load_state_dict(live)
 
 
-def exact_log_px(trainer: Trainer, x: torch.Tensor) -> float:
-    """Mean exact log p(x) by grid integration over [-6, 6]^2 (480 x 480 cells)."""
-    return exact_posterior(trainer, x, *grid(6.0, 480))[1].mean().item()
-
-
 def exact_parts(trainer: Trainer, x: torch.Tensor) -> tuple[float, float, float]:
-    """Mean exact log p(x) of the n data points, and its two shortfalls from -log n (the optimum):
+    """Mean exact log p(x) of the n data points (grid integration over [-6, 6]^2, 480 x 480 cells), and its two
+    shortfalls from -log n (the optimum):
     mean log p(x_i) = -log n + log M + mean log(n p(x_i) / M), M = sum_i p(x_i): the model's mass off the
     data (-log M) and the data points' unequal shares of M (Jensen: 0 when all are M / n)."""
     log_px = exact_posterior(trainer, x, *grid(6.0, 480))[1]
