@@ -132,15 +132,19 @@ def test_ac_schedules_restarts_choose_on_the_adversarys_elbo_estimate(tmp_path):
     assert [line.split(" at ")[0] for line in starts] == ["start 0 (seed 1)", "start 1 (seed 1001)",
                                                          "start 2 (seed 2001)"], out.stdout
     elbos = [float(line.split("ELBO estimate ")[1].split(",")[0]) for line in starts]
-    best = elbos.index(max(elbos))
-    assert f"chosen: start {best} (seed {1 + 1000 * best})" in out.stdout, out.stdout
+    chosen = next(line for line in out.stdout.splitlines() if line.startswith("chosen: "))
+    best = int(chosen.split("start ")[1].split()[0])
+    assert chosen.startswith(f"chosen: start {best} (seed {1 + 1000 * best})") and elbos[best] == max(elbos), chosen
     # the chosen start goes on from step 4 as a single run of its seed would (a run repeats itself on one machine)
     single = run([script, "--smoke", "--schedule", "recipe", "--seed", str(1 + 1000 * best)], tmp_path)
+    assert single.returncode == 0, single.stderr[-2000:]
     first = single.stdout.splitlines()[0]
-    assert single.returncode == 0 and first.startswith("step      5 ("), single.stdout
-    assert first.split("  [")[0] in out.stdout, single.stdout + out.stdout
+    assert first.startswith("step      5 (") and first.split("  [")[0] in out.stdout, single.stdout + out.stdout
     bad = run([script, "--smoke", "--schedule", "recipe", "--restarts", "2", "--choose-at", "9000"], tmp_path)
     assert bad.returncode == 2 and "--choose-at within the first stage (1..5)" in bad.stderr, bad.stderr[-2000:]
+    bad = run([script, "--smoke", "--schedule", "decay", "--restarts", "2", "--choose-at", "4000", "--average-after",
+               "2"], tmp_path)
+    assert bad.returncode == 2 and "--average-after steps from --choose-at on" in bad.stderr, bad.stderr[-2000:]
 
 
 @pytest.mark.slow
