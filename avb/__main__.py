@@ -37,6 +37,7 @@ HELP = {
     "kl_warmup_steps": "linear KL warm-up length in steps; 0 = off",
     "basis_hidden": "width of each noise network v_i of the basis encoder",
     "basis_depth": "hidden layers of each noise network v_i of the basis encoder",
+    "basis_activation": "activation of the noise networks v_i: elu (the authors') or leaky_relu (0.2)",
     "adv_steps": "adversary updates per encoder/decoder update",
     "adv_prior_term": "add 0.5||z||^2 (= -log p(z)) to T",
     "eval_samples": "importance samples per data point for log p(x)",

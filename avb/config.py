@@ -18,6 +18,7 @@ ADVERSARY_INPUTS = ("xz", "z")  # T(x, z) as in AVB, or T(z) as in an adversaria
 ADVERSARY_LOSSES = ("logistic", "kl")  # eq. 3.3, or the f-divergence (KL) form eq. 5.10
 LIKELIHOODS = ("bernoulli", "gaussian")
 ARCHS = ("mlp", "conv", "resnet")
+BASIS_ACTIVATIONS = ("elu", "leaky_relu")  # the noise networks v_i: the authors' ELU, or leaky ReLU (0.2)
 ESTIMATORS = ("is", "ais")  # log p(x) during training: importance sampling, or annealed importance sampling
 DATASETS = ("synthetic", "digits", "mnist_sample", "mnist", "celeba", "folder")
 DEVICES = ("auto", "cpu", "cuda")
@@ -46,6 +47,7 @@ class Config:
     basis_size: int = 4  # noise basis vectors v_i(eps_i) of the basis encoder (authors' MNIST code: 32)
     basis_hidden: int = 128  # width of each noise network v_i (authors' code: 3 x 128, ELU)
     basis_depth: int = 3  # hidden layers of each noise network v_i
+    basis_activation: str = "elu"  # of the noise networks v_i (authors' code: ELU)
     hidden: int = 512  # width of encoder and decoder layers
     depth: int = 2  # hidden layers of encoder and decoder
     # --- adversary capacity: T(x,z) = <a(x), b(z)> + t_x(x) + t_z(z) [+ 0.5||z||^2]
@@ -93,6 +95,7 @@ class Config:
             "dataset": DATASETS,
             "device": DEVICES,
             "eval_estimator": ESTIMATORS,
+            "basis_activation": BASIS_ACTIVATIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -66,14 +67,15 @@ def init_near_zero(layer: nn.Linear, sd: float = 1e-5) -> None:
 
 
 class ParallelMLP(nn.Module):
-    """K independent MLPs with ELU evaluated as one batched matmul per layer: [K, B, in] -> [K, B, out].
+    """K independent MLPs evaluated as one batched matmul per layer: [K, B, in] -> [K, B, out].
 
     The basis encoder's noise networks v_1..v_K (authors' code: 32 of them, 3 x 128 units, ELU);
     one `baddbmm` per layer instead of K small matmuls. Initialised like nn.Linear.
     """
 
-    def __init__(self, k: int, sizes: list[int]):
+    def __init__(self, k: int, sizes: list[int], activation: str = "elu"):
         super().__init__()
+        self.activation = F.elu if activation == "elu" else partial(F.leaky_relu, negative_slope=0.2)
         self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             bound = 1 / math.sqrt(n_in)
@@ -84,7 +86,7 @@ class ParallelMLP(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b, h, w)  # [K, B, n_out]
             if i < len(self.weights) - 1:
-                h = F.elu(h)
+                h = self.activation(h)
         return h
 
 
@@ -133,7 +135,8 @@ class BasisEncoder(nn.Module):
         with torch.no_grad():  # z0's rows of the last layer near zero, every bias zero
             self.trunk[-1].weight[: self.d].normal_(0, 1e-5)
             self.trunk[-1].bias.zero_()
-        self.basis = ParallelMLP(self.k, [cfg.noise_dim] + [cfg.basis_hidden] * cfg.basis_depth + [cfg.latent_dim])
+        self.basis = ParallelMLP(self.k, [cfg.noise_dim] + [cfg.basis_hidden] * cfg.basis_depth + [cfg.latent_dim],
+                                 cfg.basis_activation)
 
     def forward(self, x: Tensor, eps: Tensor) -> EncoderOutput:
         h = self.trunk(x.flatten(1))

@@ -19,6 +19,7 @@ from avb.config import Config, ConfigError
         ({"dataset": "cifar"}, "dataset"),
         ({"basis_hidden": 0}, "basis_hidden"),
         ({"basis_depth": 0}, "basis_depth"),
+        ({"basis_activation": "relu"}, "basis_activation"),
         ({"split_seed": -1}, "split_seed"),
         ({"encoder": "basis", "batch_size": 1}, "batch_size"),
     ],

@@ -94,10 +94,14 @@ def test_importance_sampling_matches_quadrature_on_synthetic_model(tiny):
     assert se.max() < 0.01
 
 
-def test_basis_encoder_moments_match_samples(tiny):
-    """The noise-basis encoder's mean and std are those of its samples (what AC relies on)."""
-    cfg = tiny.replace(encoder="basis", adaptive_contrast=True)
+@pytest.mark.parametrize("activation", ["elu", "leaky_relu"])
+def test_basis_encoder_moments_match_samples(tiny, activation):
+    """The noise-basis encoder's mean and std are those of its samples (what AC relies on), with either
+    activation of its noise networks."""
+    cfg = tiny.replace(encoder="basis", adaptive_contrast=True, basis_activation=activation)
     enc = build_models(cfg, (1, 2, 2)).encoder
+    assert enc.basis.activation(torch.tensor(-1.0)).item() == pytest.approx(-0.2 if activation == "leaky_relu"
+                                                                            else math.expm1(-1.0))
     x = synthetic()[[2]].expand(20000, 1, 2, 2)
     with torch.no_grad():
         out = enc(x, torch.randn(20000, enc.noise_size))
