@@ -10,6 +10,7 @@
     python benchmarks/ac_schedules.py --seed 1 --schedule longest-primal --average-after 30000 54000   # 2 windows
     python benchmarks/ac_schedules.py --seed 8 --schedule twice-primal   # 108k at the recipe's rates, 12k primal / 10
     python benchmarks/ac_schedules.py --seed 11 --schedule longest-primal --restarts 3 --choose-at 15000   # 3 starts
+    python benchmarks/ac_schedules.py --seed 7 --schedule anneal-primal   # halve lr every 6k from 30k, not / 10 at 54k
 
 One run of AVB+AC (the authors' encoder details, benchmarks/reproduce_table1.py's recipe otherwise) on one
 CPU thread, with the importance-sampled log p(x) (100,000 samples per point, as Table 1) and the exact one
@@ -57,6 +58,9 @@ SCHEDULES = {  # name: (config changes, [(until step, learning-rate factor from 
     # adversary kept at its rate (two time scales): in `longest` the drop of both rates cost seeds 0 and 2 0.02-0.04
     "twice-primal": ({"steps": 120000}, [(54000, 1.0), (81000, 1.0), (108000, 1.0), (120000, 0.1, 1.0)]),  # as
     # longest-primal, twice as long: fixed before its seeds 8-10 ran (fidelity.md, "Twice as long")
+    "anneal-primal": ({"steps": 60000}, [(30000, 1.0), (36000, 0.5, 1.0), (42000, 0.25, 1.0), (48000, 0.12, 1.0),
+                                         (54000, 0.06, 1.0), (60000, 0.03, 1.0)]),  # the encoder's and decoder's
+    # rate halved every 6,000 steps from 30,000 (the adversary's kept), where longest-primal drops it tenfold at once
     "decay": ({"steps": 21000}, [(15000, 1.0), (18000, 0.1), (21000, 0.1)]),
     "batch512": ({"steps": 21000, "batch_size": 512}, [(15000, 1.0), (18000, 0.1), (21000, 0.1)]),  # toy notebook's
     "authors": ({"steps": 100000, "lr": 2e-5, "adv_lr": 1e-4}, [(s, 1.0) for s in (25000, 50000, 75000, 100000)]),

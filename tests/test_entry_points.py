@@ -76,7 +76,8 @@ def test_help_of_every_entry_point_states_defaults(tmp_path):
     for args in (["-m", "avb"], [str(ROOT / "study" / "run.py")], [str(ROOT / "benchmarks" / "speed.py")],
                  [str(ROOT / "benchmarks" / "reproduce_table1.py")], [str(ROOT / "benchmarks" / "posterior.py")],
                  [str(ROOT / "benchmarks" / "images.py")], [str(ROOT / "benchmarks" / "estimators.py")],
-                 [str(ROOT / "benchmarks" / "ac_schedules.py")], [str(ROOT / "benchmarks" / "search_replay.py")]):
+                 [str(ROOT / "benchmarks" / "ac_schedules.py")], [str(ROOT / "benchmarks" / "search_replay.py")],
+                 [str(ROOT / "benchmarks" / "ac_balance.py")]):
         out = run([*args, "--help"], tmp_path)
         assert out.returncode == 0 and "default" in out.stdout, args
 
@@ -145,6 +146,32 @@ def test_ac_schedules_restarts_choose_on_the_adversarys_elbo_estimate(tmp_path):
     bad = run([script, "--smoke", "--schedule", "decay", "--restarts", "2", "--choose-at", "4000", "--average-after",
                "2"], tmp_path)
     assert bad.returncode == 2 and "--average-after steps from --choose-at on" in bad.stderr, bad.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_ac_balance_branches_from_one_kept_trunk(tmp_path):
+    script, tiny = str(ROOT / "benchmarks" / "ac_balance.py"), ["--trunk", "20", "--steps", "10", "--trace-every", "5",
+                                                                 "--cache", str(tmp_path / "trunks")]
+    first = run([script, *tiny, "--picture", str(tmp_path / "regions.png"), "--picture-at", "25"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    lines = first.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == ["trunk, step 20", "step     25", "step     30"], lines
+    for line in lines[:3]:  # the exact value = -log 4 - the mass off the data - the unequal shares; 4 shares sum to 1
+        exact, off, unequal = (float(line.split(key)[1].split()[0]) for key in ("exact ", "log 4 - ", "data - "))
+        assert off >= 0 and unequal >= 0 and abs(-math.log(4) - off - unequal - exact) < 2e-4, line
+        shares = [float(v) for v in line.split("shares ")[1].split(",")[0].split()]
+        assert len(shares) == 4 and abs(sum(shares) - 1) < 3e-3, line
+        assert len(line.split("estimate - exact ")[1].split("  [")[0].split()) == 4, line
+    assert (tmp_path / "trunks" / "seed19-20.pt").exists() and (tmp_path / "regions.png").stat().st_size > 5000
+    # a second branch loads the kept trunk (the same first line) and, changed, goes elsewhere
+    branch = run([script, *tiny, "--set", "adv_steps=2", "--new-adversary", "3", "--kl-weight", "2"], tmp_path)
+    assert branch.returncode == 0, branch.stderr[-2000:]
+    readings = [line.split("  [")[0] for line in branch.stdout.splitlines()]  # without the minutes
+    assert readings[0] == lines[0].split("  [")[0] and readings[2] != lines[2].split("  [")[0], branch.stdout
+    bad = run([script, *tiny, "--set", "adv_steps=0"], tmp_path)
+    assert bad.returncode == 2 and "adv_steps=0 must be a positive integer" in bad.stderr, bad.stderr[-2000:]
+    bad = run([script, *tiny, "--picture-at", "27"], tmp_path)
+    assert bad.returncode == 2 and "--picture-at takes trace steps" in bad.stderr, bad.stderr[-2000:]
 
 
 @pytest.mark.slow
