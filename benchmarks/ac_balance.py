@@ -1,6 +1,7 @@
 """What restores the balance of the four regions once a synthetic AVB+AC run has lost it?
 
     python benchmarks/ac_balance.py --seed 19 --steps 0                        # train and keep the trunk
+    python benchmarks/ac_balance.py --seed 2019 19 1019 --steps 0 --picture regions.png   # trunks side by side
     python benchmarks/ac_balance.py --seed 19 --steps 9000                     # go on at the recipe's rates
     python benchmarks/ac_balance.py --seed 19 --steps 9000 --primal-factor 0.25  # encoder and decoder / 4
     python benchmarks/ac_balance.py --seed 19 --steps 9000 --set adv_steps=4    # 4 adversary updates a step
@@ -28,8 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ac_schedules import exact_parts, minutes  # noqa: E402
-from posterior import exact_posterior, grid  # noqa: E402
+from ac_schedules import exact_log_px, minutes, shortfalls  # noqa: E402
 from reproduce_table1 import METHODS, RECIPE  # noqa: E402
 
 from avb import checkpoint  # noqa: E402
@@ -41,19 +41,26 @@ from avb.train import Trainer  # noqa: E402
 from study.cli import parse_overrides  # noqa: E402
 from study.settings import StudyError  # noqa: E402
 
+PER_STEP = {"adv_steps", "batch_size"}  # fields the step reads each time: --set changes them at the branch
+ADVERSARY = {"adv_hidden", "adv_depth", "adv_inner", "adv_prior_term", "adv_lr", "adv_beta1", "adv_beta2"}  # only
+# with --new-adversary, which builds the adversary and its optimiser from them
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seed", type=int, default=19, help="(default: 19, whose first start had unequal regions)")
+    p.add_argument("--seed", type=int, nargs="+", default=[19], help="one seed; several only with --steps 0, to "
+                   "read and draw their trunks (default: 19, whose first start had unequal regions)")
     p.add_argument("--trunk", type=int, default=15000, help="steps at the recipe's rates before the branch "
                    "(default: 15000)")
     p.add_argument("--steps", type=int, default=9000, help="steps after the trunk; 0 only makes the trunk "
                    "(default: 9000)")
     p.add_argument("--trace-every", type=int, default=1500, metavar="K", help="(default: 1500)")
     p.add_argument("--primal-factor", type=float, default=1.0, help="encoder's and decoder's rate x (default: 1)")
-    p.add_argument("--adversary-factor", type=float, default=1.0, help="adversary's rate x (default: 1)")
+    p.add_argument("--adversary-factor", type=float, default=1.0, help="adversary's rate x, from the branch on "
+                   "(after any --new-adversary steps) (default: 1)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="a Config change from the branch on, e.g. adv_steps=4 (default: none)")
+                   help=f"a Config change from the branch on: {', '.join(sorted(PER_STEP))}; with --new-adversary "
+                   f"also {', '.join(sorted(ADVERSARY))} (default: none)")
     p.add_argument("--kl-weight", type=float, default=1.0, metavar="W",
                    help="weight of the KL estimate in the encoder's and decoder's loss during the branch; W > 1 "
                    "pulls each q(z|x) towards the prior (default: 1, the ELBO)")
@@ -68,36 +75,57 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=Path("/tmp/ac_balance"), help="where trunks are kept "
                    "(default: /tmp/ac_balance)")
     args = p.parse_args(argv)
-    if args.trunk < 1 or args.steps < 0 or args.trace_every < 1 or min(args.primal_factor,
-                                                                       args.adversary_factor) <= 0:
-        p.error("--trunk and --trace-every must be >= 1, --steps >= 0 and both factors > 0")
-    traced = range(args.trunk + args.trace_every, args.trunk + args.steps + 1, args.trace_every)
-    if any(step not in traced for step in args.picture_at):
-        p.error(f"--picture-at takes trace steps ({args.trunk} + a multiple of --trace-every, up to "
-                f"{args.trunk + args.steps}); got {' '.join(map(str, args.picture_at))}")
+    traced = check(p, args)
     torch.set_num_threads(1)
     try:
-        cfg = RECIPE.replace(**{**METHODS["AVB+AC"], "seed": args.seed})
         changes = parse_overrides(args.set)
-        cfg.replace(**changes)  # validated now, applied at the branch
+        cfgs = [RECIPE.replace(**{**METHODS["AVB+AC"], "seed": seed}) for seed in args.seed]
+        cfgs[0].replace(**changes)  # validated now, applied at the branch
     except (StudyError, ConfigError) as e:
         p.error(str(e))
-    data = load_dataset(cfg, "cpu")
+    allowed = PER_STEP | (ADVERSARY if args.new_adversary else set())
+    if set(changes) - allowed:
+        p.error(f"--set {', '.join(sorted(set(changes) - allowed))}: a branch can change only "
+                f"{', '.join(sorted(allowed))}")
+    data = load_dataset(cfgs[0], "cpu")
     t0 = time.perf_counter()
-    trainer = trunk(cfg, data, args.trunk, args.cache / f"seed{args.seed}-{args.trunk}.pt")
-    print(f"trunk, step {trainer.step_count}: {balance(trainer, data.test)}  [{minutes(t0)}]", flush=True)
-    maps = [(f"seed {args.seed}, step {trainer.step_count}", regions(trainer, data.test))]
+    maps = []
+    for cfg in cfgs:
+        try:
+            trainer = trunk(cfg, data, args.trunk, args.cache / f"seed{cfg.seed}-{args.trunk}.pt")
+        except ValueError as e:  # a kept trunk that is unreadable (CheckpointError) or of another run
+            p.error(str(e))
+        print(f"trunk, step {trainer.step_count}: {balance(trainer, data.test)}  [{minutes(t0)}]", flush=True)
+        if args.picture:
+            maps.append((f"seed {cfg.seed}, step {trainer.step_count:,}", regions(trainer, data.test)))
     trainer = branch(trainer, changes, args, data)
     end = args.trunk + args.steps
     for until in [*traced] + ([end] if args.steps and end not in traced else []):  # the trace steps and the end
         fit(trainer, data, until)
         print(f"step {trainer.step_count:>6}: {balance(trainer, data.test)}  [{minutes(t0)}]", flush=True)
-        if trainer.step_count in args.picture_at and trainer.step_count != end:
-            maps.append((f"seed {args.seed}, step {trainer.step_count}", regions(trainer, data.test)))
+        if args.picture and (until in args.picture_at or until == end):
+            maps.append((f"seed {args.seed[0]}, step {until:,}", regions(trainer, data.test)))
     if args.picture:
-        maps += [(f"seed {args.seed}, step {trainer.step_count}", regions(trainer, data.test))] if args.steps else []
         print(f"regions: {draw(maps, args.picture)}")
     return 0
+
+
+def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> range:
+    """The flags' values checked together; the trace steps."""
+    if args.trunk < 1 or args.steps < 0 or args.trace_every < 1 or args.new_adversary < 0 or args.kl_weight < 0 \
+            or min(args.primal_factor, args.adversary_factor) <= 0:
+        p.error(f"--trunk and --trace-every must be >= 1, --steps and --new-adversary >= 0, --kl-weight >= 0 and "
+                f"both factors > 0; got {args.trunk}, {args.trace_every}, {args.steps}, {args.new_adversary}, "
+                f"{args.kl_weight}, {args.primal_factor}, {args.adversary_factor}")
+    if len(args.seed) > 1 and args.steps:
+        p.error(f"several seeds ({' '.join(map(str, args.seed))}) only with --steps 0: a branch goes on from one")
+    traced = range(args.trunk + args.trace_every, args.trunk + args.steps + 1, args.trace_every)
+    if args.picture_at and not args.picture:
+        p.error("--picture-at needs --picture PNG")
+    if any(step not in traced for step in args.picture_at):
+        p.error(f"--picture-at takes trace steps ({args.trunk} + a multiple of --trace-every, up to "
+                f"{args.trunk + args.steps}); got {' '.join(map(str, args.picture_at))}")
+    return traced
 
 
 def branch(trainer: Trainer, changes: dict, args: argparse.Namespace, data: Dataset) -> Trainer:
@@ -107,14 +135,19 @@ def branch(trainer: Trainer, changes: dict, args: argparse.Namespace, data: Data
     for opt, factor in ((trainer.opt_primal, args.primal_factor), (trainer.opt_adv, args.adversary_factor)):
         for group in opt.param_groups:
             group["lr"] *= factor
-    obj.kl_weight = lambda step, warmup: args.kl_weight  # the step's KL weight, for this process's branch only
+    if args.kl_weight != 1:  # the recipe has no KL warm-up (weight 1 throughout); this process runs one branch
+        obj.kl_weight = lambda step, warmup: args.kl_weight
     return trainer
 
 
 def trunk(cfg: Config, data: Dataset, steps: int, path: Path) -> Trainer:
     """The run at the recipe's rates to `steps`, loaded from `path` if an earlier call kept it."""
     if path.exists():
-        return checkpoint.load(path)
+        trainer = checkpoint.load(path)
+        if trainer.cfg.to_dict() != cfg.to_dict() or trainer.step_count != steps:
+            raise ValueError(f"{path} holds another run (its config or step differs from this recipe's); "
+                             "delete it or pass another --cache")
+        return trainer
     trainer = Trainer(cfg, data.x_shape, "cpu")
     fit(trainer, data, steps)
     checkpoint.save(trainer, path)  # written to a temporary file, then renamed
@@ -137,10 +170,10 @@ def new_adversary(old: Trainer, changes: dict, steps: int, data: Dataset) -> Tra
 
 def balance(trainer: Trainer, x: torch.Tensor, samples: int = 20000) -> str:
     """The exact log p(x) and its shortfalls, the four shares, and per point the adversary's ELBO estimate minus
-    the exact log p(x_i): KL(q_i || p) - KL estimate_i - KL(q_i || p(z|x_i)), so a positive value is at least
-    how far the adversary underrates KL(q_i || p)."""
-    exact, off, unequal = exact_parts(trainer, x)
-    log_px = exact_posterior(trainer, x, *grid(6.0, 480))[1]
+    the exact log p(x_i): KL(q_i || p) - KL estimate_i - KL(q_i || p(z|x_i)). A positive value is at least how
+    far the adversary underrates KL(q_i || p); a negative one mixes an overrating with the inference gap."""
+    log_px = exact_log_px(trainer, x)
+    exact, off, unequal = shortfalls(log_px)
     g = torch.Generator().manual_seed(trainer.cfg.seed)
     gaps = []
     with torch.no_grad():

@@ -22,7 +22,8 @@ torch's AveragedModel, an iterate every 100 steps; several windows from one run)
 `--restarts K --choose-at STEP` trains K starts to STEP and goes on with the one whose adversary's ELBO estimate
 (the training objective; not a bound) is highest; the exact log p(x) of every start is printed, never used.
 Results: docs/reproduction/fidelity.md, "More or slower training", "The noise basis", "60,000 steps, six
-seeds", "The drop for the encoder and decoder only", "Twice as long" and "Three starts".
+seeds", "The drop for the encoder and decoder only", "Twice as long", "Three starts" and "Annealing
+instead of the drop".
 """
 
 from __future__ import annotations
@@ -173,12 +174,21 @@ def print_averages(trainer: Trainer, x: torch.Tensor, until: int, averages: dict
 
 def exact_parts(trainer: Trainer, x: torch.Tensor) -> tuple[float, float, float]:
     """Mean exact log p(x) of the n data points (grid integration over [-6, 6]^2, 480 x 480 cells), and its two
-    shortfalls from -log n (the optimum):
+    shortfalls from -log n (the optimum): `shortfalls`."""
+    return shortfalls(exact_log_px(trainer, x))
+
+
+def exact_log_px(trainer: Trainer, x: torch.Tensor) -> torch.Tensor:
+    """log p(x_i) of each data point by grid integration over [-6, 6]^2, 480 x 480 cells: [n]."""
+    return exact_posterior(trainer, x, *grid(6.0, 480))[1]
+
+
+def shortfalls(log_px: torch.Tensor) -> tuple[float, float, float]:
+    """Mean log p(x_i) of n points and its two shortfalls from -log n (the optimum):
     mean log p(x_i) = -log n + log M + mean log(n p(x_i) / M), M = sum_i p(x_i): the model's mass off the
     data (-log M) and the data points' unequal shares of M (Jensen: 0 when all are M / n)."""
-    log_px = exact_posterior(trainer, x, *grid(6.0, 480))[1]
     log_mass = torch.logsumexp(log_px, 0)
-    unequal = -(log_px - log_mass + math.log(len(x))).mean()
+    unequal = -(log_px - log_mass + math.log(len(log_px))).mean()
     return log_px.mean().item(), -log_mass.item(), unequal.item()
 
 

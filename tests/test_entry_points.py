@@ -105,7 +105,9 @@ def test_reproduction_smoke_run_writes_table_and_pictures(tmp_path):
 @pytest.mark.slow
 def test_ac_schedules_smoke_prints_each_stage(tmp_path):
     for schedule, factors in (("decay", ["1", "0.1", "0.1"]), ("authors", ["1"] * 4),
-                              ("longest-primal", ["1", "1", "1", "0.1, adversary's x 1"])):
+                              ("longest-primal", ["1", "1", "1", "0.1, adversary's x 1"]),
+                              ("anneal-primal", ["1", *(f"{f}, adversary's x 1" for f in (0.5, 0.25, 0.12, 0.06,
+                                                                                          0.03))])):
         out = run([str(ROOT / "benchmarks" / "ac_schedules.py"), "--smoke", "--schedule", schedule], tmp_path)
         assert out.returncode == 0, out.stderr[-2000:]
         lines = [line for line in out.stdout.splitlines() if line.startswith("step ")]
@@ -150,28 +152,41 @@ def test_ac_schedules_restarts_choose_on_the_adversarys_elbo_estimate(tmp_path):
 
 @pytest.mark.slow
 def test_ac_balance_branches_from_one_kept_trunk(tmp_path):
-    script, tiny = str(ROOT / "benchmarks" / "ac_balance.py"), ["--trunk", "20", "--steps", "10", "--trace-every", "5",
-                                                                 "--cache", str(tmp_path / "trunks")]
-    first = run([script, *tiny, "--picture", str(tmp_path / "regions.png"), "--picture-at", "25"], tmp_path)
-    assert first.returncode == 0, first.stderr[-2000:]
-    lines = first.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines[:3]] == ["trunk, step 20", "step     25", "step     30"], lines
-    for line in lines[:3]:  # the exact value = -log 4 - the mass off the data - the unequal shares; 4 shares sum to 1
+    script, cache = str(ROOT / "benchmarks" / "ac_balance.py"), tmp_path / "trunks"
+    tiny = ["--trunk", "20", "--steps", "12", "--trace-every", "5", "--cache", str(cache)]
+
+    def readings(out):  # each line without its minutes
+        assert out.returncode == 0, out.stderr[-2000:]
+        return [line.split("  [")[0] for line in out.stdout.splitlines() if not line.startswith("regions: ")]
+
+    first = readings(run([script, *tiny, "--picture", str(tmp_path / "regions.png"), "--picture-at", "25"], tmp_path))
+    assert [line.split(":")[0] for line in first] == ["trunk, step 20", "step     25", "step     30", "step     32"]
+    for line in first:  # the exact value = -log 4 - the mass off the data - the unequal shares; 4 shares sum to 1
         exact, off, unequal = (float(line.split(key)[1].split()[0]) for key in ("exact ", "log 4 - ", "data - "))
         assert off >= 0 and unequal >= 0 and abs(-math.log(4) - off - unequal - exact) < 2e-4, line
         shares = [float(v) for v in line.split("shares ")[1].split(",")[0].split()]
         assert len(shares) == 4 and abs(sum(shares) - 1) < 3e-3, line
-        assert len(line.split("estimate - exact ")[1].split("  [")[0].split()) == 4, line
-    assert (tmp_path / "trunks" / "seed19-20.pt").exists() and (tmp_path / "regions.png").stat().st_size > 5000
-    # a second branch loads the kept trunk (the same first line) and, changed, goes elsewhere
-    branch = run([script, *tiny, "--set", "adv_steps=2", "--new-adversary", "3", "--kl-weight", "2"], tmp_path)
-    assert branch.returncode == 0, branch.stderr[-2000:]
-    readings = [line.split("  [")[0] for line in branch.stdout.splitlines()]  # without the minutes
-    assert readings[0] == lines[0].split("  [")[0] and readings[2] != lines[2].split("  [")[0], branch.stdout
-    bad = run([script, *tiny, "--set", "adv_steps=0"], tmp_path)
-    assert bad.returncode == 2 and "adv_steps=0 must be a positive integer" in bad.stderr, bad.stderr[-2000:]
-    bad = run([script, *tiny, "--picture-at", "27"], tmp_path)
-    assert bad.returncode == 2 and "--picture-at takes trace steps" in bad.stderr, bad.stderr[-2000:]
+        assert len(line.split("estimate - exact ")[1].split()) == 4, line
+    kept = cache / "seed19-20.pt"
+    assert kept.exists() and (tmp_path / "regions.png").stat().st_size > 5000
+    written = kept.stat().st_mtime_ns
+
+    # the unchanged branch from the kept trunk repeats the first run, which went on from the trunk in memory
+    assert readings(run([script, *tiny], tmp_path)) == first and kept.stat().st_mtime_ns == written
+    for change in (["--primal-factor", "0.5"], ["--adversary-factor", "0.5"], ["--kl-weight", "2"],
+                   ["--set", "adv_steps=2"], ["--new-adversary", "3", "--set", "adv_inner=8"]):
+        branch = readings(run([script, *tiny[:2], "--steps", "5", *tiny[4:], *change], tmp_path))  # one reading
+        assert branch[0] == first[0] and branch[1] != first[1], change  # the same trunk, another branch
+
+    for bad, says in ((["--set", "adv_steps=0"], "adv_steps=0 must be a positive integer"),
+                      (["--set", "lr=1"], "--set lr: a branch can change only adv_steps, batch_size"),
+                      (["--picture", "r.png", "--picture-at", "27"], "--picture-at takes trace steps"),
+                      (["--seed", "1", "2"], "several seeds (1 2) only with --steps 0")):
+        out = run([script, *tiny, *bad], tmp_path)
+        assert out.returncode == 2 and says in out.stderr, (bad, out.stderr[-2000:])
+    kept.write_bytes(b"half a checkpoint")
+    out = run([script, *tiny], tmp_path)
+    assert out.returncode == 2 and "is not a readable checkpoint" in out.stderr, out.stderr[-2000:]
 
 
 @pytest.mark.slow
