@@ -61,7 +61,7 @@ SCHEDULES = {  # name: (config changes, [(until step, learning-rate factor from 
     # longest-primal, twice as long: fixed before its seeds 8-10 ran (fidelity.md, "Twice as long")
     "anneal-primal": ({"steps": 60000}, [(30000, 1.0), (36000, 0.5, 1.0), (42000, 0.25, 1.0), (48000, 0.12, 1.0),
                                          (54000, 0.06, 1.0), (60000, 0.03, 1.0)]),  # the encoder's and decoder's
-    # rate halved every 6,000 steps from 30,000 (the adversary's kept), where longest-primal drops it tenfold at once
+    # rate about halved every 6,000 steps from 30,000 (the adversary's kept); longest-primal drops it tenfold at once
     "decay": ({"steps": 21000}, [(15000, 1.0), (18000, 0.1), (21000, 0.1)]),
     "batch512": ({"steps": 21000, "batch_size": 512}, [(15000, 1.0), (18000, 0.1), (21000, 0.1)]),  # toy notebook's
     "authors": ({"steps": 100000, "lr": 2e-5, "adv_lr": 1e-4}, [(s, 1.0) for s in (25000, 50000, 75000, 100000)]),
